@@ -1,0 +1,5 @@
+"""`python -m edgetune` runs the CLI."""
+
+from edgetune.cli import main
+
+main()

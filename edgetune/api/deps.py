@@ -1,0 +1,29 @@
+"""Dependencies of the routes, as typed aliases."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from edgetune.settings import Settings
+from edgetune.storage import Database, JobRepository
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_db(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
+
+
+def get_jobs(request: Request) -> JobRepository:
+    return JobRepository(get_db(request))
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+DatabaseDep = Annotated[Database, Depends(get_db)]
+JobsDep = Annotated[JobRepository, Depends(get_jobs)]

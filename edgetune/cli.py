@@ -1,0 +1,367 @@
+"""The `edgetune` command line: run the service, submit and watch searches, read fronts."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from edgetune.errors import EdgetuneError
+from edgetune.schemas import JobPublic, ParetoPublic
+from edgetune.spec import JobSpec
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+console = Console()
+err_console = Console(stderr=True)
+
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+ServerOpt = Annotated[
+    str, typer.Option("--server", envvar="EDGETUNE_SERVER", help="The edgetune server's URL.")
+]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Data directory (SQLite database, artifacts).",
+                 envvar="EDGETUNE_DATA_DIR"),
+]
+DbOpt = Annotated[
+    str | None,
+    typer.Option("--database-url", help="SQLAlchemy URL; default SQLite in the data directory.",
+                 envvar="EDGETUNE_DATABASE_URL"),
+]
+
+
+def main() -> None:
+    app()
+
+
+def _settings(**overrides: Any) -> Any:
+    from edgetune.settings import Settings
+
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as e:
+        _fail(f"invalid settings: {e.errors()[0]['msg']}")
+
+
+def _fail(message: str, code: int = 1) -> Any:
+    err_console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+# --- running the service -------------------------------------------------------------------
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on (loopback only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Local worker processes to start.")] = 1,
+    data_dir: DataDirOpt = None,
+    database_url: DbOpt = None,
+    log_level: Annotated[str, typer.Option(help="Logging level.")] = "info",
+) -> None:
+    """Run the REST API and a pool of local workers on one database."""
+    import uvicorn
+
+    from edgetune.api import create_app
+    from edgetune.storage import open_database
+
+    settings = _settings(host=host, port=port, workers=workers, data_dir=data_dir,
+                         database_url=database_url)
+    _logging(log_level)
+    open_database(settings.url).dispose()  # migrate once, before workers and the API race to
+    env = {**os.environ, "EDGETUNE_DATA_DIR": str(settings.resolved_data_dir),
+           "EDGETUNE_DATABASE_URL": settings.url}
+    pool = [
+        subprocess.Popen(
+            [sys.executable, "-m", "edgetune", "worker", "--parent-pid", str(os.getpid()),
+             "--log-level", log_level],
+            env=env,
+        )
+        for _ in range(settings.workers)
+    ]
+    try:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                    log_level=log_level.lower())
+    finally:
+        for process in pool:
+            process.terminate()
+        for process in pool:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@app.command()
+def worker(
+    data_dir: DataDirOpt = None,
+    database_url: DbOpt = None,
+    once: Annotated[bool, typer.Option(help="Exit when no job is queued.")] = False,
+    parent_pid: Annotated[int | None, typer.Option(hidden=True)] = None,
+    log_level: Annotated[str, typer.Option(help="Logging level.")] = "info",
+) -> None:
+    """Run one worker: claim queued jobs and run their trials."""
+    from edgetune.search.worker import Worker
+
+    settings = _settings(data_dir=data_dir, database_url=database_url)
+    _logging(log_level)
+    w = Worker(settings, parent_pid=parent_pid)
+    w.install_signal_handlers()
+    w.run(once=once)
+
+
+@app.command()
+def dashboard(
+    port: Annotated[int, typer.Option(help="Port for optuna-dashboard.")] = 8080,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    data_dir: DataDirOpt = None,
+    database_url: DbOpt = None,
+) -> None:
+    """Start optuna-dashboard on the service's database: every job is a study there."""
+    settings = _settings(data_dir=data_dir, database_url=database_url)
+    from edgetune.storage import open_database
+
+    url = open_database(settings.url).url
+    os.execvp(sys.executable, [sys.executable, "-m", "optuna_dashboard", url,
+                               "--host", host, "--port", str(port)])
+
+
+# --- using it --------------------------------------------------------------------------------
+def load_spec_file(path: Path) -> JobSpec:
+    """Read a JobSpec from YAML or JSON (safe loading only) and validate it."""
+    try:
+        text = path.read_text()
+    except OSError as e:
+        _fail(f"cannot read {path}: {e.strerror}")
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as e:
+        _fail(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}")
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        _fail(f"{path}: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}")
+    raise AssertionError("unreachable")
+
+
+def _client(server: str) -> Any:
+    from edgetune.client import Client
+
+    return Client(server)
+
+
+@app.command()
+def submit(
+    spec_file: Annotated[Path, typer.Argument(help="JobSpec as YAML or JSON.")],
+    server: ServerOpt = DEFAULT_SERVER,
+    watch: Annotated[bool, typer.Option(help="Follow the job until it ends.")] = False,
+) -> None:
+    """Submit a search."""
+    spec = load_spec_file(spec_file)
+    with _client(server) as client:
+        job = _call(client.submit, spec)
+        console.print(f"submitted job [bold]{job.id}[/bold] ({job.name}), study {job.study_name}")
+        if watch:
+            job = watch_job(client, job.id)
+            print_pareto(_call(client.pareto, job.id))
+            if job.status != "succeeded":
+                raise typer.Exit(1)
+
+
+@app.command()
+def jobs(
+    server: ServerOpt = DEFAULT_SERVER,
+    status: Annotated[str | None, typer.Option(help="Only jobs with this status.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many.")] = 50,
+) -> None:
+    """List jobs, newest first."""
+    with _client(server) as client:
+        page = _call(client.list, status=status, limit=limit)
+    table = Table("id", "name", "status", "trials", "created", title=f"{page.count} jobs")
+    for job in page.data:
+        p = job.progress
+        table.add_row(job.id, job.name, job.status, f"{p.finished}/{p.n_trials}",
+                      job.created_at.strftime("%Y-%m-%d %H:%M:%S"))
+    console.print(table)
+
+
+@app.command()
+def show(job_id: str, server: ServerOpt = DEFAULT_SERVER) -> None:
+    """Show one job: status, progress, error, spec."""
+    with _client(server) as client:
+        job = _call(client.get, job_id)
+    p = job.progress
+    console.print(f"[bold]{job.name}[/bold] {job.id}: {job.status}")
+    console.print(f"  trials: {p.complete} complete, {p.pruned} pruned, {p.failed} failed, "
+                  f"{p.running} running, of {p.n_trials}")
+    console.print(f"  study: {job.study_name}")
+    if job.error:
+        console.print(f"  [red]error:[/red] {job.error}")
+    console.print_json(job.spec.model_dump_json())
+
+
+@app.command()
+def cancel(job_id: str, server: ServerOpt = DEFAULT_SERVER) -> None:
+    """Cancel a queued or running job."""
+    with _client(server) as client:
+        job = _call(client.cancel, job_id)
+    console.print(f"job {job.id}: {job.status}")
+
+
+@app.command()
+def pareto(
+    job_id: str,
+    server: ServerOpt = DEFAULT_SERVER,
+    all_ranks: Annotated[bool, typer.Option("--all", help="Also the dominated trials.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Print a job's Pareto front as a table."""
+    with _client(server) as client:
+        front = _call(client.pareto, job_id, include_dominated=all_ranks)
+    if as_json:
+        console.print_json(front.model_dump_json())
+    else:
+        print_pareto(front)
+
+
+@app.command()
+def demo(
+    data_dir: Annotated[Path, typer.Option(help="Data directory for the demo.")] = Path(
+        "edgetune-data"
+    ),
+    port: Annotated[int, typer.Option(help="Port; 0 picks a free one.")] = 0,
+    n_trials: Annotated[int | None, typer.Option(help="Override the demo's trial budget.")] = None,
+) -> None:
+    """Start a server on SQLite, run the digits demo search, print its front, stop."""
+    spec_text = resources.files("edgetune.examples").joinpath("digits_demo.yaml").read_text()
+    spec = JobSpec.model_validate(yaml.safe_load(spec_text))
+    if n_trials:
+        spec.budget.n_trials = n_trials
+    port = port or free_port()
+    server = f"http://127.0.0.1:{port}"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir / "server.log"
+    console.print(f"starting edgetune on {server} (data in {data_dir.resolve()}, log {log_path})")
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "edgetune", "serve", "--port", str(port),
+             "--data-dir", str(data_dir), "--workers", "1"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+    try:
+        with _client(server) as client:
+            wait_for_server(client, process, timeout=120)
+            job = _call(client.submit, spec)
+            console.print(f"submitted [bold]{spec.name}[/bold]: job {job.id}, "
+                          f"study {job.study_name}")
+            job = watch_job(client, job.id)
+            print_pareto(_call(client.pareto, job.id))
+            if job.status != "succeeded":
+                _fail(f"the demo job {job.status}: {job.error}")
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        console.print("server stopped")
+
+
+# --- helpers of the commands -------------------------------------------------------------------
+def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    import httpx
+
+    try:
+        return fn(*args, **kwargs)
+    except EdgetuneError as e:
+        _fail(str(e))
+    except httpx.HTTPError as e:
+        _fail(f"cannot reach the server: {e}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_server(client: Any, process: subprocess.Popen[bytes], *, timeout: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            _fail(f"the server exited with code {process.returncode}; see its log")
+        try:
+            client.health()
+            return
+        except (httpx.HTTPError, EdgetuneError):
+            time.sleep(0.3)
+    _fail(f"the server did not answer within {timeout} s")
+
+
+def watch_job(client: Any, job_id: str) -> JobPublic:
+    """Follow a job with a progress bar until it ends."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[detail]}"), TimeElapsedColumn())
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("queued", total=None, detail="")
+
+        def update(job: JobPublic) -> None:
+            p = job.progress
+            bar.update(task, description=job.status, total=p.n_trials, completed=p.finished,
+                       detail=f"{p.complete} complete, {p.pruned} pruned, {p.failed} failed, "
+                              f"{p.running} running")
+
+        job: JobPublic = _call(client.wait, job_id, poll_interval=0.5, progress=update)
+    style = "green" if job.status == "succeeded" else "red"
+    console.print(f"job {job.id} [{style}]{job.status}[/{style}]"
+                  + (f": {job.error}" if job.error else ""))
+    return job
+
+
+def print_pareto(front: ParetoPublic) -> None:
+    names = [o.name for o in front.objectives]
+    arrows = {"minimize": "↓", "maximize": "↑"}
+    table = Table(
+        "trial", "rank", *(f"{o.name} {arrows[o.direction]}" for o in front.objectives),
+        "params",
+        title=f"Pareto front: {front.front_size} of {front.n_complete} completed trials",
+    )
+    for t in front.data:
+        cells = [_fmt(t.values[n]) for n in names]
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(t.params.items()))
+        table.add_row(str(t.number), str(t.rank), *cells, params)
+    console.print(table)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) >= 1000:
+            return f"{int(value):,}"
+        return f"{value:.4g}"
+    return str(value)

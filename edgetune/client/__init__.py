@@ -1,0 +1,7 @@
+"""The Python SDK of the edgetune REST API."""
+
+from __future__ import annotations
+
+from edgetune.client._client import APIError, Client
+
+__all__ = ["APIError", "Client"]

@@ -1,0 +1,134 @@
+"""The Python SDK: a thin, typed client of the REST API (httpx; no server code imported)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import httpx
+
+from edgetune.errors import ConflictError, EdgetuneError, InvalidSpecError, NotFoundError
+from edgetune.schemas import (
+    HealthPublic,
+    JobPublic,
+    JobsPublic,
+    ParetoPublic,
+    TrialPublic,
+    TrialsPublic,
+)
+from edgetune.spec import JobSpec
+
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+class APIError(EdgetuneError):
+    """The server answered with an error the SDK has no more specific exception for."""
+
+    def __init__(self, status_code: int, detail: Any) -> None:
+        super().__init__(f"HTTP {status_code}: {detail}")
+        self.status_code = status_code
+        self.detail = detail
+
+
+class Client:
+    """`Client("http://127.0.0.1:8000")`; use as a context manager or call `close()`."""
+
+    def __init__(self, base_url: str, *, token: str | None = None, timeout: float = 30.0) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/") + "/api/v1", headers=headers, timeout=timeout
+        )
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # --- jobs ------------------------------------------------------------------------------
+    def submit(self, spec: JobSpec | Mapping[str, Any]) -> JobPublic:
+        """Queue a search; raises `InvalidSpecError` naming the field when the server refuses."""
+        body = spec.model_dump(mode="json") if isinstance(spec, JobSpec) else dict(spec)
+        return JobPublic.model_validate(self._request("POST", "/jobs", json=body))
+
+    def get(self, job_id: str) -> JobPublic:
+        return JobPublic.model_validate(self._request("GET", f"/jobs/{job_id}"))
+
+    def list(self, *, status: str | None = None, offset: int = 0, limit: int = 50) -> JobsPublic:
+        params: dict[str, Any] = {"offset": offset, "limit": limit}
+        if status:
+            params["status"] = status
+        return JobsPublic.model_validate(self._request("GET", "/jobs", params=params))
+
+    def cancel(self, job_id: str) -> JobPublic:
+        return JobPublic.model_validate(self._request("POST", f"/jobs/{job_id}/cancel"))
+
+    def wait(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        poll_interval: float = 1.0,
+        progress: Callable[[JobPublic], None] | None = None,
+    ) -> JobPublic:
+        """Poll until the job ends, calling `progress` with each fresh view of it."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.get(job_id)
+            if progress is not None:
+                progress(job)
+            if job.status in FINISHED:
+                return job
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id} still {job.status} after {timeout} s")
+            time.sleep(poll_interval)
+
+    # --- trials and the front --------------------------------------------------------------
+    def trials(
+        self, job_id: str, *, state: str | None = None, offset: int = 0, limit: int = 100
+    ) -> TrialsPublic:
+        params: dict[str, Any] = {"offset": offset, "limit": limit}
+        if state:
+            params["state"] = state
+        return TrialsPublic.model_validate(
+            self._request("GET", f"/jobs/{job_id}/trials", params=params)
+        )
+
+    def trial(self, job_id: str, number: int) -> TrialPublic:
+        return TrialPublic.model_validate(self._request("GET", f"/jobs/{job_id}/trials/{number}"))
+
+    def pareto(
+        self, job_id: str, *, objectives: list[str] | None = None, include_dominated: bool = False
+    ) -> ParetoPublic:
+        params: dict[str, Any] = {"include_dominated": include_dominated}
+        if objectives:
+            params["objectives"] = ",".join(objectives)
+        return ParetoPublic.model_validate(
+            self._request("GET", f"/jobs/{job_id}/pareto", params=params)
+        )
+
+    def health(self) -> HealthPublic:
+        return HealthPublic.model_validate(self._request("GET", "/health"))
+
+    # --- transport -------------------------------------------------------------------------
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._http.request(method, path, **kwargs)
+        if response.is_success:
+            return response.json()
+        try:
+            detail = response.json().get("detail")
+        except ValueError:
+            detail = response.text
+        if response.status_code == 422 and isinstance(detail, list) and detail:
+            first = detail[0]
+            loc = [str(p) for p in first.get("loc", []) if p != "body"]
+            raise InvalidSpecError(".".join(loc), str(first.get("msg")))
+        if response.status_code == 404:
+            raise NotFoundError(str(detail))
+        if response.status_code == 409:
+            raise ConflictError(str(detail))
+        raise APIError(response.status_code, detail)

@@ -1,0 +1,1 @@
+"""Example JobSpecs shipped with edgetune (the demo search)."""

@@ -1,0 +1,104 @@
+"""What the REST API answers: one family of models per resource, shared by server and SDK."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from edgetune.spec import JobSpec
+
+JobStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+TrialStateName = Literal["running", "waiting", "complete", "pruned", "fail"]
+
+
+class JobProgress(BaseModel):
+    n_trials: int = Field(description="The trial budget.")
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    running: int = 0
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned + self.failed
+
+
+class JobPublic(BaseModel):
+    id: str
+    name: str
+    status: JobStatusName
+    study_name: str = Field(description="The job's Optuna study, on the service's database.")
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+    spec: JobSpec
+    progress: JobProgress
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    count: int = Field(description="How many jobs match, across all pages.")
+
+
+class TrialPublic(BaseModel):
+    number: int
+    state: TrialStateName
+    params: dict[str, Any]
+    values: dict[str, float] | None = Field(description="Objective values by metric name.")
+    metrics: dict[str, float] = Field(description="Everything the trial measured.")
+    intermediate_values: dict[int, float] = Field(description="Validation accuracy by epoch.")
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_s: float | None = None
+    error: str | None = None
+    user_attrs: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrialsPublic(BaseModel):
+    data: list[TrialPublic]
+    count: int
+
+
+class ObjectivePublic(BaseModel):
+    name: str
+    direction: Literal["minimize", "maximize"]
+
+
+class ParetoTrial(BaseModel):
+    number: int
+    params: dict[str, Any]
+    values: dict[str, float]
+    metrics: dict[str, float]
+    rank: int = Field(description="0 on the Pareto front; feasible trials rank first.")
+    crowding_distance: float | None = Field(
+        description="Spread within the trial's front; null for a boundary point (infinite)."
+    )
+    feasible: bool
+    violation: float = Field(description="Total constraint violation; 0 when feasible.")
+
+
+class ParetoPublic(BaseModel):
+    job_id: str
+    objectives: list[ObjectivePublic]
+    data: list[ParetoTrial] = Field(description="By rank, then by the first objective.")
+    n_complete: int = Field(description="Completed trials ranked.")
+    front_size: int
+
+
+class HealthPublic(BaseModel):
+    status: Literal["ok"]
+    version: str
+    database: str = Field(description="The database backend: sqlite or postgresql.")
+
+
+class ErrorDetail(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorPublic(BaseModel):
+    detail: str | list[ErrorDetail]

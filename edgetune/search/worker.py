@@ -1,0 +1,116 @@
+"""A worker: claims queued jobs through a lease in the database and runs them."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import uuid
+from types import FrameType
+
+from edgetune.errors import StorageError
+from edgetune.search.backends import JobOutcome, OptunaBackend
+from edgetune.search.trial_process import LatencySettings
+from edgetune.settings import Settings
+from edgetune.spec import JobSpec
+from edgetune.storage import Job, JobRepository, JobStatus, open_database
+
+logger = logging.getLogger(__name__)
+
+
+class _Control:
+    """The backend's view of the worker for one job (see `JobControl`)."""
+
+    def __init__(self, worker: Worker, job: Job) -> None:
+        self.worker = worker
+        self.job = job
+
+    def heartbeat(self) -> bool:
+        try:
+            return self.worker.jobs.renew_lease(
+                self.job.id, self.worker.name, lease_s=self.worker.settings.job_lease_s
+            )
+        except StorageError:
+            logger.warning("could not renew the lease of job %s; will retry", self.job.id)
+            return True
+
+    def cancel_requested(self) -> bool:
+        try:
+            return self.worker.jobs.cancel_requested(self.job.id)
+        except StorageError:
+            return False
+
+    def should_stop(self) -> bool:
+        return self.worker.stopping.is_set() or self.worker.parent_gone()
+
+
+class Worker:
+    """Claims one job at a time and runs it to its end, until asked to stop."""
+
+    def __init__(self, settings: Settings, *, parent_pid: int | None = None) -> None:
+        self.settings = settings
+        self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.stopping = threading.Event()
+        self.parent_pid = parent_pid
+        self.db = open_database(settings.url)
+        self.jobs = JobRepository(self.db)
+        settings.artifact_dir.mkdir(parents=True, exist_ok=True)
+        self.backend = OptunaBackend(
+            storage_url=self.db.url,
+            artifact_dir=str(settings.artifact_dir),
+            latency=LatencySettings(
+                threads=settings.latency_threads,
+                warmup=settings.latency_warmup,
+                min_repeats=settings.latency_min_repeats,
+                min_time_s=settings.latency_min_time_s,
+            ),
+            poll_interval_s=min(0.5, settings.poll_interval_s),
+            heartbeat_interval_s=settings.job_lease_s / 4,
+        )
+
+    def parent_gone(self) -> bool:
+        # `serve` starts workers as children; when it dies, they must not run on unsupervised.
+        return self.parent_pid is not None and os.getppid() != self.parent_pid
+
+    def install_signal_handlers(self) -> None:
+        def stop(signum: int, _frame: FrameType | None) -> None:
+            logger.info("worker %s: %s received, stopping", self.name, signal.Signals(signum).name)
+            self.stopping.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+    def run(self, *, once: bool = False) -> None:
+        """Claim and run jobs until stopped (or, with `once`, until the queue is empty)."""
+        logger.info("worker %s: watching %s", self.name, self.db.engine.url)
+        while not (self.stopping.is_set() or self.parent_gone()):
+            try:
+                job = self.jobs.claim(self.name, lease_s=self.settings.job_lease_s)
+            except StorageError as e:
+                logger.warning("worker %s: could not claim a job: %s", self.name, e)
+                job = None
+            if job is None:
+                if once:
+                    return
+                self.stopping.wait(self.settings.poll_interval_s)
+                continue
+            self.run_job(job)
+        self.db.dispose()
+
+    def run_job(self, job: Job) -> JobOutcome:
+        logger.info("worker %s: running job %s (%s)", self.name, job.id, job.name)
+        try:
+            spec = JobSpec.model_validate_json(job.spec)
+            outcome = self.backend.run(job, spec, _Control(self, job))
+        except Exception as e:
+            logger.exception("job %s failed in its worker", job.id)
+            outcome = JobOutcome(JobStatus.FAILED, f"{type(e).__name__}: {e}")
+        if outcome.status is None:
+            self.jobs.release(job.id, self.name)
+            logger.info("worker %s: handed job %s back to the queue", self.name, job.id)
+        else:
+            self.jobs.finish(job.id, self.name, outcome.status, outcome.error)
+            logger.info("worker %s: job %s %s", self.name, job.id, outcome.status.value)
+        return outcome

@@ -1,0 +1,69 @@
+"""Service settings from the environment (`EDGETUNE_*`); one `Settings`, checked at once."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseSettings):
+    """Every knob of the server and its workers. Paths are resolved when read."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGETUNE_", extra="ignore")
+
+    env: Literal["development", "production"] = "development"
+    data_dir: Path = Field(default=Path("edgetune-data"), description="SQLite file, artifacts.")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; defaults to SQLite in the data directory."
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=0, le=64, description="Worker processes `serve` starts.")
+    job_lease_s: float = Field(default=60.0, ge=5, description="How long a job stays claimed.")
+    poll_interval_s: float = Field(default=1.0, gt=0, le=60)
+    latency_threads: int = Field(default=1, ge=1, le=256)
+    latency_warmup: int = Field(default=10, ge=0, le=10_000)
+    latency_min_repeats: int = Field(default=30, ge=1, le=1_000_000)
+    latency_min_time_s: float = Field(default=0.2, ge=0, le=600)
+    max_body_bytes: int = Field(default=1_000_000, ge=1024)
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> Settings:
+        # There is no authentication yet: the API must stay on this machine.
+        if not is_loopback(self.host):
+            raise ValueError(
+                f"host is {self.host!r}, but edgetune has no authentication yet and listens "
+                "on loopback addresses only (127.0.0.1, ::1, localhost)"
+            )
+        if self.env == "production" and self.database_url is None:
+            raise ValueError("in production, set EDGETUNE_DATABASE_URL explicitly")
+        return self
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.resolved_data_dir / 'edgetune.db'}"
+
+    @property
+    def artifact_dir(self) -> Path:
+        return self.resolved_data_dir / "artifacts"

@@ -1,0 +1,96 @@
+"""Parameter types of a search space: what a user writes, validated at once."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+ParamValue = int | float | str | bool
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$"
+MAX_CHOICES = 10_000
+
+
+class _Param(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=NAME_PATTERN, description="Parameter name, as the trainer reads it.")
+
+
+class FloatParam(_Param):
+    """A real number in [low, high], optionally on a log scale or on a grid of `step`."""
+
+    type: Literal["float"] = "float"
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> FloatParam:
+        _check_range(self.low, self.high, self.log, self.step)
+        return self
+
+
+class IntParam(_Param):
+    """An integer in [low, high], optionally on a log scale or every `step`."""
+
+    type: Literal["int"] = "int"
+    low: int
+    high: int
+    log: bool = False
+    step: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> IntParam:
+        _check_range(self.low, self.high, self.log, None if self.step == 1 else self.step)
+        return self
+
+
+class CategoricalParam(_Param):
+    """One of a list of choices (numbers, strings or booleans)."""
+
+    type: Literal["categorical"] = "categorical"
+    choices: list[Annotated[str, Field(max_length=256)] | bool | int | float] = Field(
+        min_length=1, max_length=MAX_CHOICES
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> CategoricalParam:
+        seen: set[tuple[str, ParamValue]] = set()
+        for choice in self.choices:
+            if isinstance(choice, float) and not math.isfinite(choice):
+                raise ValueError(f"choice {choice!r} is not a finite number")
+            key = (type(choice).__name__, choice)
+            if key in seen:
+                raise ValueError(f"choice {choice!r} is given twice")
+            seen.add(key)
+        return self
+
+
+class FixedParam(_Param):
+    """A parameter held at one value: narrows a built-in space without searching it."""
+
+    type: Literal["fixed"] = "fixed"
+    value: Annotated[str, Field(max_length=256)] | bool | int | float
+
+
+Param = Annotated[
+    FloatParam | IntParam | CategoricalParam | FixedParam, Field(discriminator="type")
+]
+
+
+def _check_range(low: float, high: float, log: bool, step: float | None) -> None:
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError("`low` and `high` must be finite numbers")
+    if low > high:
+        raise ValueError(f"`low` is {low}, but must be <= `high` ({high})")
+    if log and low <= 0:
+        raise ValueError(f"`low` is {low}, but must be > 0 when `log` is true")
+    if log and step is not None:
+        raise ValueError("`step` cannot be combined with `log`")
+    if step is not None:
+        n = (high - low) / step
+        if abs(n - round(n)) > 1e-9 * max(1.0, abs(n)):
+            raise ValueError(f"`step` {step} does not divide the range [{low}, {high}]")

@@ -1,0 +1,173 @@
+"""What a user writes: the JobSpec and its parts. Pure pydantic; JSON in, JSON out."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from edgetune.spaces import BUILTIN_SPACES, MAX_PARAMS, Param
+
+Direction = Literal["minimize", "maximize"]
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
+OptionValue = Annotated[str, Field(max_length=1024)] | bool | int | float | None
+
+#: Metrics a trial measures, with the direction that is better by default.
+METRICS: dict[str, Direction] = {
+    "accuracy": "maximize",
+    "latency_ms": "minimize",
+    "size_bytes": "minimize",
+    "params": "minimize",
+}
+LOCAL_DEVICE = "local"
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainerSpec(_Spec):
+    """Which trainer builds and trains each candidate, and on what."""
+
+    name: str = Field(default="image-classifier", pattern=NAME)
+    dataset: str = Field(default="digits", pattern=NAME)
+    epochs: int = Field(default=3, ge=1, le=10_000, description="Training epochs per trial.")
+    batch_size: int = Field(default=64, ge=1, le=65_536)
+    seed: int | None = Field(default=None, ge=0, description="Defaults to the job's seed.")
+    options: dict[Annotated[str, Field(pattern=NAME)], OptionValue] = Field(
+        default_factory=dict, max_length=64, description="Trainer-specific options."
+    )
+
+
+class SpaceSpec(_Spec):
+    """A built-in NAS space by name, plus extra parameters (which may narrow built-in ones)."""
+
+    name: str | None = Field(default="cnn", description="A built-in space, or null for none.")
+    params: list[Param] = Field(default_factory=list, max_length=MAX_PARAMS)
+
+    @field_validator("name")
+    @classmethod
+    def _known_space(cls, name: str | None) -> str | None:
+        if name is not None and name not in BUILTIN_SPACES:
+            known = ", ".join(sorted(BUILTIN_SPACES))
+            raise ValueError(f"unknown space {name!r}; known spaces: {known}")
+        return name
+
+    @field_validator("params")
+    @classmethod
+    def _unique_names(cls, params: list[Param]) -> list[Param]:
+        names = [p.name for p in params]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"parameter names must be unique; repeated: {', '.join(duplicates)}")
+        return params
+
+
+def _check_metric(metric: str, device: str | None) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; known metrics: {', '.join(METRICS)}")
+    if device is not None and metric != "latency_ms":
+        raise ValueError(f"`device` applies to latency_ms only, not to {metric!r}")
+
+
+class ObjectiveSpec(_Spec):
+    """A metric to optimize. `latency_ms` is measured on `device` (the built-in `local`)."""
+
+    name: str
+    direction: Direction | None = Field(default=None, description="Defaults by metric.")
+    device: str | None = Field(default=None, pattern=NAME)
+
+    @model_validator(mode="after")
+    def _check(self) -> ObjectiveSpec:
+        _check_metric(self.name, self.device)
+        if self.direction is None:
+            self.direction = METRICS[self.name]
+        if self.name == "latency_ms" and self.device is None:
+            self.device = LOCAL_DEVICE
+        return self
+
+    @property
+    def key(self) -> str:
+        """The metric's name as stored on trials: `latency_ms@device` for latency."""
+        return f"{self.name}@{self.device}" if self.device else self.name
+
+
+class ConstraintSpec(_Spec):
+    """A bound a trial must meet to be feasible, e.g. latency_ms <= 5 on `local`."""
+
+    metric: str
+    op: Literal["<=", ">="]
+    bound: float
+    device: str | None = Field(default=None, pattern=NAME)
+
+    @model_validator(mode="after")
+    def _check(self) -> ConstraintSpec:
+        _check_metric(self.metric, self.device)
+        if not math.isfinite(self.bound):
+            raise ValueError(f"`bound` is {self.bound}, but must be a finite number")
+        if self.metric == "latency_ms" and self.device is None:
+            self.device = LOCAL_DEVICE
+        return self
+
+    @property
+    def key(self) -> str:
+        return f"{self.metric}@{self.device}" if self.device else self.metric
+
+    def violation(self, value: float) -> float:
+        """How far `value` is outside the bound: <= 0 when feasible (Optuna's convention)."""
+        return value - self.bound if self.op == "<=" else self.bound - value
+
+
+class AlgorithmSpec(_Spec):
+    """How to search: the backend, the sampler and the pruner (names from the registry)."""
+
+    backend: Literal["optuna"] = "optuna"
+    sampler: str = Field(default="tpe", pattern=NAME)
+    pruner: str = Field(default="none", pattern=NAME)
+
+
+class BudgetSpec(_Spec):
+    """When the job ends, and how many trials run at once."""
+
+    n_trials: int = Field(default=20, ge=1, le=100_000)
+    timeout_s: float | None = Field(default=None, gt=0, le=30 * 24 * 3600)
+    parallelism: int = Field(default=1, ge=1, le=256)
+
+
+class JobSpec(_Spec):
+    """A whole search: what to train, over which space, for which objectives, how, how long."""
+
+    name: str = Field(pattern=NAME)
+    trainer: TrainerSpec = Field(default_factory=TrainerSpec)
+    space: SpaceSpec = Field(default_factory=SpaceSpec)
+    objectives: list[ObjectiveSpec] = Field(
+        default_factory=lambda: [ObjectiveSpec(name="accuracy")], min_length=1, max_length=8
+    )
+    constraints: list[ConstraintSpec] = Field(default_factory=list, max_length=32)
+    algorithm: AlgorithmSpec = Field(default_factory=AlgorithmSpec)
+    budget: BudgetSpec = Field(default_factory=BudgetSpec)
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+
+    @field_validator("objectives")
+    @classmethod
+    def _unique_objectives(cls, objectives: list[ObjectiveSpec]) -> list[ObjectiveSpec]:
+        keys = [o.key for o in objectives]
+        repeated = sorted({k for k in keys if keys.count(k) > 1})
+        if repeated:
+            raise ValueError(f"each objective must appear once; repeated: {', '.join(repeated)}")
+        return objectives
+
+    @property
+    def directions(self) -> list[Direction]:
+        return [o.direction or METRICS[o.name] for o in self.objectives]
+
+    @property
+    def metric_names(self) -> list[str]:
+        return [o.key for o in self.objectives]
+
+    @property
+    def devices(self) -> list[str]:
+        """Every device whose latency this job needs, in order of first mention."""
+        named = [o.device for o in self.objectives] + [c.device for c in self.constraints]
+        return list(dict.fromkeys(d for d in named if d is not None))

@@ -1,0 +1,33 @@
+"""Alembic environment for edgetune's own tables (Optuna migrates its tables itself)."""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import Connection
+
+from edgetune.storage.db import make_engine
+from edgetune.storage.models import PREFIX, Base
+
+VERSION_TABLE = f"{PREFIX}alembic_version"  # Optuna's own migrations use `alembic_version`
+
+
+def _run(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=Base.metadata,
+        version_table=VERSION_TABLE,
+        render_as_batch=connection.dialect.name == "sqlite",
+        include_name=lambda name, type_, _parent: type_ != "table" or name.startswith(PREFIX),
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+connection = context.config.attributes.get("connection")
+if connection is not None:
+    _run(connection)
+else:
+    engine = make_engine(context.config.get_main_option("sqlalchemy.url") or "")
+    with engine.connect() as conn:
+        _run(conn)
+    engine.dispose()
