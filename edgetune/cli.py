@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,7 +27,8 @@ from edgetune.schemas import JobPublic, ParetoPublic
 from edgetune.spec import JobSpec
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
-console = Console()
+# Tables need room: use a wide console when output goes to a file or a pipe (CI logs).
+console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
@@ -67,6 +69,7 @@ def _logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -145,8 +148,13 @@ def dashboard(
     from edgetune.storage import open_database
 
     url = open_database(settings.url).url
-    os.execvp(sys.executable, [sys.executable, "-m", "optuna_dashboard", url,
-                               "--host", host, "--port", str(port)])
+    # The script sits beside this Python's executable when edgetune was installed with pip.
+    script = shutil.which("optuna-dashboard", path=f"{Path(sys.executable).parent}:"
+                          f"{os.environ.get('PATH', '')}")
+    if script is None:
+        _fail("optuna-dashboard is not installed; `pip install optuna-dashboard`")
+    console.print(f"optuna-dashboard on http://{host}:{port} reading {url}")
+    os.execv(script, [script, url, "--host", host, "--port", str(port)])
 
 
 # --- using it --------------------------------------------------------------------------------
@@ -331,11 +339,19 @@ def watch_job(client: Any, job_id: str) -> JobPublic:
     with Progress(*columns, console=console) as bar:
         task = bar.add_task("queued", total=None, detail="")
 
+        last: list[str] = []
+
         def update(job: JobPublic) -> None:
             p = job.progress
+            detail = (f"{p.complete} complete, {p.pruned} pruned, {p.failed} failed, "
+                      f"{p.running} running")
             bar.update(task, description=job.status, total=p.n_trials, completed=p.finished,
-                       detail=f"{p.complete} complete, {p.pruned} pruned, {p.failed} failed, "
-                              f"{p.running} running")
+                       detail=detail)
+            line = f"{job.status}: {p.finished}/{p.n_trials} trials ({detail})"
+            if not console.is_terminal and line not in last:
+                # No live bar in a log: print a line whenever something changed.
+                last.append(line)
+                console.print(line)
 
         job: JobPublic = _call(client.wait, job_id, poll_interval=0.5, progress=update)
     style = "green" if job.status == "succeeded" else "red"

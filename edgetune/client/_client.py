@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -102,7 +102,8 @@ class Client:
         return TrialPublic.model_validate(self._request("GET", f"/jobs/{job_id}/trials/{number}"))
 
     def pareto(
-        self, job_id: str, *, objectives: list[str] | None = None, include_dominated: bool = False
+        self, job_id: str, *, objectives: Sequence[str] | None = None,
+        include_dominated: bool = False,
     ) -> ParetoPublic:
         params: dict[str, Any] = {"include_dominated": include_dominated}
         if objectives:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from edgetune.spaces import (
     CategoricalParam,
@@ -27,7 +27,7 @@ def suggest(trial: optuna.Trial, params: Sequence[Param]) -> dict[str, ParamValu
         elif isinstance(p, IntParam):
             values[p.name] = trial.suggest_int(p.name, p.low, p.high, log=p.log, step=p.step)
         elif isinstance(p, CategoricalParam):
-            values[p.name] = trial.suggest_categorical(p.name, p.choices)
+            values[p.name] = cast(ParamValue, trial.suggest_categorical(p.name, p.choices))
         elif isinstance(p, FixedParam):
             values[p.name] = p.value
         else:  # pragma: no cover - the Param union is closed

@@ -85,11 +85,11 @@ def validate_job_spec(spec: JobSpec) -> None:
                 f"it runs on: {', '.join(pruner.backends)}",
             )
 
-    for kind, items in (("objectives", spec.objectives), ("constraints", spec.constraints)):
-        for i, item in enumerate(items):
-            if item.device is not None and item.device not in KNOWN_DEVICES:
-                raise InvalidSpecError(
-                    f"{kind}.{i}.device",
-                    f"unknown device {item.device!r}; registered devices: "
-                    f"{', '.join(KNOWN_DEVICES)}",
-                )
+    named = [(f"objectives.{i}.device", o.device) for i, o in enumerate(spec.objectives)]
+    named += [(f"constraints.{i}.device", c.device) for i, c in enumerate(spec.constraints)]
+    for field, device in named:
+        if device is not None and device not in KNOWN_DEVICES:
+            raise InvalidSpecError(
+                field,
+                f"unknown device {device!r}; registered devices: {', '.join(KNOWN_DEVICES)}",
+            )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from edgetune.errors import ConflictError, NotFoundError, StorageError
 from edgetune.spec import JobSpec
@@ -163,24 +165,11 @@ class JobRepository:
             )
 
     # --- internals -------------------------------------------------------------------------
-    def _session(self):  # type: ignore[no-untyped-def]
-        return _WrappedSession(self.db)
-
-
-class _WrappedSession:
-    """A `Database.session()` whose driver errors come out as one `StorageError`."""
-
-    def __init__(self, db: Database) -> None:
-        self._cm = db.session()
-
-    def __enter__(self):  # type: ignore[no-untyped-def]
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        """A transaction whose driver errors come out once, as `StorageError`."""
         try:
-            return self._cm.__enter__()
-        except SQLAlchemyError as e:
-            raise StorageError(f"database error: {e}") from e
-
-    def __exit__(self, *exc: object) -> bool | None:
-        try:
-            return self._cm.__exit__(*exc)  # type: ignore[arg-type]
+            with self.db.session() as session:
+                yield session
         except SQLAlchemyError as e:
             raise StorageError(f"database error: {e}") from e

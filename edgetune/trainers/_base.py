@@ -46,7 +46,7 @@ class Trainer(abc.ABC):
         self.spec = spec
 
     @classmethod
-    def validate_spec(cls, spec: TrainerSpec) -> None:  # noqa: B027 - optional hook
+    def validate_spec(cls, spec: TrainerSpec) -> None:
         """Raise `InvalidSpecError` for options this trainer cannot honour. Cheap: no I/O."""
 
     @abc.abstractmethod

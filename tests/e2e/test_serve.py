@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
+import httpx
 import optuna
 import pytest
 from optuna.trial import TrialState
 
+from edgetune.cli import free_port
 from edgetune.client import Client
 
 pytestmark = pytest.mark.slow
@@ -88,6 +92,37 @@ def test_three_objective_job_end_to_end(server) -> None:
         t.number: TrialState[t.state.upper()] for t in trials
     }
     assert {t.number: t.params for t in loaded} == {t.number: t.params for t in trials}
+
+    check_dashboard_reads(server, job.study_name, keys, n_trials=8)
+
+
+def check_dashboard_reads(server, study_name: str, keys: list[str], *, n_trials: int) -> None:
+    """`edgetune dashboard` serves the same study through optuna-dashboard's own API."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edgetune", "dashboard", "--data-dir", str(server.data_dir),
+         "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}/api"
+        deadline = time.monotonic() + 60
+        summaries = None
+        while time.monotonic() < deadline and summaries is None:
+            try:
+                summaries = httpx.get(f"{base}/studies", timeout=5).json()["study_summaries"]
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        assert summaries is not None, "optuna-dashboard did not answer"
+        (summary,) = [s for s in summaries if s["study_name"] == study_name]
+        detail = httpx.get(f"{base}/studies/{summary['study_id']}", params={"after": 0},
+                           timeout=10).json()
+        assert detail["objective_names"] == keys
+        assert len(detail["trials"]) == n_trials
+        assert {a["key"] for a in detail["union_user_attrs"]} >= {"size_bytes", "params"}
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
 
 
 def test_job_whose_trials_all_fail_ends_failed_with_reason(server, tmp_path) -> None:

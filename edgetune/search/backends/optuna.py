@@ -191,6 +191,7 @@ class OptunaBackend:
         )
         process.start()
         sender.close()  # the child holds the only sending end: EOF means it is gone
+        trial.set_user_attr("pid", process.pid)
         return _Running(trial=trial, process=process, conn=receiver)
 
     def _tell(

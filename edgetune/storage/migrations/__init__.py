@@ -8,6 +8,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Engine
 
 from edgetune.errors import StorageError
@@ -40,7 +41,7 @@ def upgrade(engine: Engine) -> None:
     """Bring the service tables to the newest schema; refuse a database newer than the code."""
     current = current_revision(engine)
     script = ScriptDirectory.from_config(alembic_config(""))
-    if current is not None and script.get_revision(current) is None:
+    if current is not None and not _known(script, current):
         raise StorageError(
             f"the database schema is at revision {current!r}, which this edgetune does not "
             f"know (newest known: {head_revision()!r}); upgrade edgetune"
@@ -49,3 +50,10 @@ def upgrade(engine: Engine) -> None:
     with engine.begin() as conn:
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
+
+
+def _known(script: ScriptDirectory, revision: str) -> bool:
+    try:
+        return script.get_revision(revision) is not None
+    except CommandError:
+        return False

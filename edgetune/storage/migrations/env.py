@@ -11,13 +11,18 @@ from edgetune.storage.models import PREFIX, Base
 VERSION_TABLE = f"{PREFIX}alembic_version"  # Optuna's own migrations use `alembic_version`
 
 
+def _ours(name: str | None, type_: str, _parent: object) -> bool:
+    """Autogenerate looks at our tables only, never at Optuna's."""
+    return type_ != "table" or (name or "").startswith(PREFIX)
+
+
 def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=Base.metadata,
         version_table=VERSION_TABLE,
         render_as_batch=connection.dialect.name == "sqlite",
-        include_name=lambda name, type_, _parent: type_ != "table" or name.startswith(PREFIX),
+        include_name=_ours,
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -1,0 +1,155 @@
+"""Measure the inference latency of an exported model with a runtime, on this machine."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgetune.devices.runtimes import get_runtime
+from edgetune.errors import MissingDependencyError, TrialFailed
+
+__all__ = ["LatencyResult", "MeasureConfig", "measure_latency"]
+
+logger = logging.getLogger(__name__)
+
+#: Fewer timed runs than this give no usable p90, whatever `max_time_s` says.
+_MIN_SAMPLES = 3
+
+
+@dataclass(frozen=True)
+class MeasureConfig:
+    """How to measure: timed runs repeat until both `min_repeats` and `min_time_s` are
+    reached, or `max_time_s` has passed (after at least three runs)."""
+
+    threads: int = 1
+    warmup: int = 10
+    min_repeats: int = 30
+    min_time_s: float = 0.2
+    max_time_s: float = 10.0
+    # Recorded for reference only: the batch size is the one the model was exported with.
+    batch_size: int = 1
+
+    def __post_init__(self) -> None:
+        _check_at_least("threads", self.threads, 1)
+        _check_at_least("warmup", self.warmup, 0)
+        _check_at_least("min_repeats", self.min_repeats, 1)
+        _check_at_least("min_time_s", self.min_time_s, 0)
+        _check_at_least("batch_size", self.batch_size, 1)
+        if not self.max_time_s > 0:
+            raise ValueError(f"The value of `max_time_s` is {self.max_time_s}, but must be > 0.")
+
+
+def _check_at_least(field: str, value: float, minimum: float) -> None:
+    if not value >= minimum:  # `not >=` so that NaN fails too
+        raise ValueError(f"The value of `{field}` is {value}, but must be >= {minimum}.")
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    """Latency of one model with one runtime, in milliseconds per inference of one batch."""
+
+    runtime: str
+    threads: int
+    batch_size: int
+    p50_ms: float
+    p90_ms: float
+    mean_ms: float
+    std_ms: float
+    n: int
+
+    def as_dict(self) -> dict[str, float | int | str]:
+        """The fields as a JSON-ready dict, e.g. for a trial's user attributes."""
+        return dataclasses.asdict(self)
+
+
+def measure_latency(
+    artifact_path: Path,
+    *,
+    runtime: str,
+    input_shape: Sequence[int],
+    config: MeasureConfig = MeasureConfig(),
+) -> LatencyResult:
+    """Time `config.warmup` untimed then repeated timed runs of the artifact with `runtime`.
+
+    `input_shape` includes the batch dimension the model was exported with, e.g.
+    `(1, 1, 28, 28)`; the input is fixed float32 noise. Raises `ValueError` for an unknown
+    runtime or a bad shape, and `TrialFailed` when the runtime cannot load or run the model.
+    """
+    shape = tuple(int(d) for d in input_shape)
+    if not shape or any(d < 1 for d in shape):
+        raise ValueError(
+            f"The value of `input_shape` is {shape}, but must be non-empty with sizes >= 1."
+        )
+    if config.batch_size != shape[0]:
+        logger.warning(
+            "MeasureConfig.batch_size is %d but the model's input has batch %d; measuring %d",
+            config.batch_size,
+            shape[0],
+            shape[0],
+        )
+    engine = get_runtime(runtime)
+    inputs = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+
+    try:
+        engine.load(Path(artifact_path), threads=config.threads)
+        for _ in range(config.warmup):
+            engine.run_once(inputs)
+        samples_ns = _time_runs(engine.run_once, inputs, config)
+    except MissingDependencyError:
+        raise  # the install needs fixing, not the trial
+    except Exception as e:
+        raise TrialFailed(
+            f"runtime {runtime!r} failed on {Path(artifact_path).name}: {type(e).__name__}: {e}"
+        ) from e
+    finally:
+        try:
+            engine.close()
+        except Exception:
+            # Do not hide the measurement (or its error) behind a failing cleanup.
+            logger.exception("runtime %r failed to close", runtime)
+
+    ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
+    p50, p90 = np.percentile(ms, [50, 90])
+    result = LatencyResult(
+        runtime=runtime,
+        threads=config.threads,
+        batch_size=shape[0],
+        p50_ms=float(p50),
+        p90_ms=float(p90),
+        mean_ms=float(ms.mean()),
+        std_ms=float(ms.std(ddof=1)) if ms.size > 1 else 0.0,
+        n=int(ms.size),
+    )
+    logger.debug("latency of %s: %s", Path(artifact_path).name, result)
+    return result
+
+
+def _time_runs(
+    run_once: Callable[[np.ndarray], None], inputs: np.ndarray, config: MeasureConfig
+) -> list[int]:
+    min_ns = int(config.min_time_s * 1e9)
+    max_ns = int(config.max_time_s * 1e9)
+    samples: list[int] = []
+    start = time.perf_counter_ns()
+    while True:
+        t0 = time.perf_counter_ns()
+        run_once(inputs)
+        t1 = time.perf_counter_ns()
+        samples.append(t1 - t0)
+        elapsed = t1 - start
+        if len(samples) >= config.min_repeats and elapsed >= min_ns:
+            return samples
+        if elapsed >= max_ns and len(samples) >= _MIN_SAMPLES:
+            logger.info(
+                "stopped timing after %.1f s with %d of %d runs",
+                elapsed / 1e9,
+                len(samples),
+                config.min_repeats,
+            )
+            return samples

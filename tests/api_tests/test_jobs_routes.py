@@ -1,0 +1,96 @@
+"""The `/jobs` routes in process: status codes, error shapes, pagination, OpenAPI."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from edgetune.api import create_app
+from edgetune.settings import Settings
+
+
+@pytest.fixture
+def client(tmp_path):
+    with TestClient(create_app(Settings(data_dir=tmp_path))) as c:
+        yield c
+
+
+def submit(client: TestClient, **spec):
+    return client.post("/api/v1/jobs", json={"name": "api", **spec})
+
+
+def test_health_and_openapi(client: TestClient) -> None:
+    assert client.get("/api/v1/health").json() == {
+        "status": "ok", "version": "0.1.0", "database": "sqlite"
+    }
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in ("/api/v1/jobs", "/api/v1/jobs/{job_id}", "/api/v1/jobs/{job_id}/cancel",
+                 "/api/v1/jobs/{job_id}/trials", "/api/v1/jobs/{job_id}/trials/{number}",
+                 "/api/v1/jobs/{job_id}/pareto", "/api/v1/health"):
+        assert path in paths
+
+
+def test_create_answers_201_with_the_queued_job(client: TestClient) -> None:
+    response = submit(client, objectives=[{"name": "accuracy"}, {"name": "size_bytes"}])
+    assert response.status_code == 201
+    job = response.json()
+    assert job["status"] == "queued" and job["spec"]["name"] == "api"
+    assert job["progress"] == {"n_trials": 20, "complete": 0, "pruned": 0, "failed": 0,
+                               "running": 0}
+    assert client.get(f"/api/v1/jobs/{job['id']}").json()["id"] == job["id"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "loc", "text"),
+    [
+        ({"budget": {"n_trials": 0}}, ["body", "budget", "n_trials"], "greater than or equal"),
+        ({"algorithm": {"sampler": "nope"}}, ["body", "algorithm", "sampler"], "known samplers"),
+        ({"objectives": [{"name": "accuracy"}, {"name": "size_bytes"}],
+          "algorithm": {"pruner": "median"}}, ["body", "algorithm", "pruner"], "pruners for"),
+    ],
+)
+def test_bad_spec_answers_422_naming_the_field(client, spec, loc, text) -> None:
+    response = submit(client, **spec)
+    assert response.status_code == 422
+    detail = response.json()["detail"][0]
+    assert detail["loc"] == loc and text in detail["msg"]
+
+
+def test_malformed_and_oversized_bodies(client: TestClient) -> None:
+    response = client.post("/api/v1/jobs", content=b"{not json",
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    response = client.post("/api/v1/jobs", content=b"x" * 2_000_000,
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 413
+
+
+def test_list_paginates_and_filters(client: TestClient) -> None:
+    ids = [submit(client).json()["id"] for _ in range(3)]
+    client.post(f"/api/v1/jobs/{ids[0]}/cancel")
+    page = client.get("/api/v1/jobs", params={"limit": 2}).json()
+    assert page["count"] == 3 and len(page["data"]) == 2
+    assert page["data"][0]["id"] == ids[2]
+    cancelled = client.get("/api/v1/jobs", params={"status": "cancelled"}).json()
+    assert [j["id"] for j in cancelled["data"]] == [ids[0]]
+    assert client.get("/api/v1/jobs", params={"status": "weird"}).status_code == 422
+    assert client.get("/api/v1/jobs", params={"limit": 0}).status_code == 422
+
+
+def test_missing_resources_answer_404_and_finished_cancel_409(client: TestClient) -> None:
+    assert client.get("/api/v1/jobs/missing").status_code == 404
+    assert client.get("/api/v1/jobs/missing/trials").status_code == 404
+    assert client.get("/api/v1/jobs/missing/pareto").status_code == 404
+    job_id = submit(client).json()["id"]
+    assert client.get(f"/api/v1/jobs/{job_id}/trials/0").status_code == 404
+    assert client.post(f"/api/v1/jobs/{job_id}/cancel").json()["status"] == "cancelled"
+    assert client.post(f"/api/v1/jobs/{job_id}/cancel").status_code == 409
+
+
+def test_pareto_of_a_job_without_trials_and_bad_objective_subset(client: TestClient) -> None:
+    job_id = submit(client, objectives=[{"name": "accuracy"}, {"name": "params"}]).json()["id"]
+    front = client.get(f"/api/v1/jobs/{job_id}/pareto").json()
+    assert front["data"] == [] and front["front_size"] == 0
+    response = client.get(f"/api/v1/jobs/{job_id}/pareto", params={"objectives": "latency_ms"})
+    assert response.status_code == 422
+    assert "not objectives of this job" in response.json()["detail"][0]["msg"]

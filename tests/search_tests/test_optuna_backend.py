@@ -1,0 +1,138 @@
+"""The Optuna backend with real trial processes on a real SQLite study."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from edgetune.search.backends import OptunaBackend
+from edgetune.search.backends.optuna import INFRA_FAILURE_ATTR
+from edgetune.search.trial_process import LatencySettings
+from edgetune.spec import JobSpec
+from edgetune.storage import JobRepository, JobStatus, open_database
+
+pytestmark = pytest.mark.slow
+
+
+class Control:
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.cancel = threading.Event()
+
+    def heartbeat(self) -> bool:
+        return True
+
+    def cancel_requested(self) -> bool:
+        return self.cancel.is_set()
+
+    def should_stop(self) -> bool:
+        return self.stop.is_set()
+
+
+@pytest.fixture
+def setup(tmp_path):
+    db = open_database(f"sqlite:///{tmp_path / 'edgetune.db'}")
+    backend = OptunaBackend(
+        storage_url=db.url, artifact_dir=str(tmp_path / "artifacts"),
+        latency=LatencySettings(min_repeats=5, min_time_s=0.0), poll_interval_s=0.1,
+    )
+    yield JobRepository(db), backend
+    db.dispose()
+
+
+def make_job(jobs: JobRepository, **spec):
+    s = JobSpec.model_validate({"name": "b", "seed": 0, **spec})
+    jobs.create(s)
+    job = jobs.claim("test", lease_s=600)
+    assert job is not None
+    return job, s
+
+
+def study_of(jobs: JobRepository, job) -> optuna.Study:
+    return optuna.load_study(study_name=job.study_name, storage=jobs.db.url)
+
+
+def test_median_pruner_sees_every_epoch(setup) -> None:
+    jobs, backend = setup
+    job, spec = make_job(jobs, trainer={"epochs": 3},
+                         algorithm={"sampler": "tpe", "pruner": "median"},
+                         budget={"n_trials": 5})
+    outcome = backend.run(job, spec, Control())
+    assert outcome.status == JobStatus.SUCCEEDED
+    trials = study_of(jobs, job).get_trials()
+    assert len(trials) == 5
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    for t in trials:
+        if t.state == TrialState.COMPLETE:
+            assert sorted(t.intermediate_values) == [1, 2, 3]
+            assert t.values[0] == pytest.approx(t.intermediate_values[3])
+
+
+def test_a_killed_trial_process_fails_that_trial_only(setup) -> None:
+    jobs, backend = setup
+    job, spec = make_job(jobs, trainer={"epochs": 40}, algorithm={"sampler": "random"},
+                         objectives=[{"name": "accuracy"}, {"name": "size_bytes"}],
+                         budget={"n_trials": 2})
+    storage_study = study_of(jobs, job)
+
+    def kill_first_trial() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            running = storage_study.get_trials(states=(TrialState.RUNNING,))
+            if running and "pid" in running[0].user_attrs:
+                time.sleep(1.0)  # let it get into training
+                os.kill(running[0].user_attrs["pid"], signal.SIGKILL)
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_first_trial)
+    killer.start()
+    outcome = backend.run(job, spec, Control())
+    killer.join()
+    assert outcome.status == JobStatus.SUCCEEDED
+    trials = sorted(study_of(jobs, job).get_trials(), key=lambda t: t.number)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert "killed by SIGKILL" in trials[0].user_attrs["error"]
+
+
+def test_leftover_running_trials_are_failed_and_do_not_use_budget(setup) -> None:
+    jobs, backend = setup
+    job, spec = make_job(jobs, trainer={"epochs": 1}, algorithm={"sampler": "random"},
+                         budget={"n_trials": 1})
+    study_of(jobs, job).ask()  # as if a worker died while running trial 0
+    outcome = backend.run(job, spec, Control())
+    assert outcome.status == JobStatus.SUCCEEDED
+    trials = sorted(study_of(jobs, job).get_trials(), key=lambda t: t.number)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[0].user_attrs[INFRA_FAILURE_ATTR] is True
+
+
+def test_stop_hands_the_job_back_with_no_trial_left_running(setup) -> None:
+    jobs, backend = setup
+    job, spec = make_job(jobs, trainer={"epochs": 200}, algorithm={"sampler": "random"},
+                         budget={"n_trials": 3})
+    control = Control()
+    threading.Timer(4.0, control.stop.set).start()
+    outcome = backend.run(job, spec, control)
+    assert outcome.status is None
+    trials = study_of(jobs, job).get_trials()
+    assert trials and all(t.state == TrialState.FAIL for t in trials)
+    assert all(t.user_attrs[INFRA_FAILURE_ATTR] for t in trials)
+
+
+def test_constraints_reach_the_sampler_and_the_trial(setup) -> None:
+    jobs, backend = setup
+    job, spec = make_job(jobs, trainer={"epochs": 1}, algorithm={"sampler": "nsga2"},
+                         objectives=[{"name": "accuracy"}, {"name": "params"}],
+                         constraints=[{"metric": "size_bytes", "op": "<=", "bound": 20000}],
+                         budget={"n_trials": 3})
+    assert backend.run(job, spec, Control()).status == JobStatus.SUCCEEDED
+    for t in study_of(jobs, job).get_trials():
+        (violation,) = t.system_attrs["constraints"]
+        assert violation == pytest.approx(t.user_attrs["size_bytes"] - 20000)
