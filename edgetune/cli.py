@@ -13,7 +13,7 @@ import sys
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 import yaml
@@ -60,7 +60,7 @@ def _settings(**overrides: Any) -> Any:
         _fail(f"invalid settings: {e.errors()[0]['msg']}")
 
 
-def _fail(message: str, code: int = 1) -> Any:
+def _fail(message: str, code: int = 1) -> NoReturn:
     err_console.print(f"[red]error:[/red] {message}")
     raise typer.Exit(code)
 
@@ -173,7 +173,6 @@ def load_spec_file(path: Path) -> JobSpec:
     except ValidationError as e:
         first = e.errors()[0]
         _fail(f"{path}: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}")
-    raise AssertionError("unreachable")
 
 
 def _client(server: str) -> Any:
