@@ -19,8 +19,14 @@ from edgetune.spec import JobSpec
 
 logger = logging.getLogger(__name__)
 
-#: Modules the fork server imports once, so that each trial's child starts warm.
-PRELOAD = ["torch", "sklearn.model_selection", "optuna", "edgetune.trainers._image"]
+#: Modules the fork server imports once, so that each trial's child starts warm. torch._dynamo
+#: alone takes 1.5 s: torch.optim imports it on first use. Missing ones (onnxruntime without the
+#: `onnx` extra) are skipped by the fork server.
+PRELOAD = [
+    "torch", "torch._dynamo", "torch.onnx", "onnxruntime", "sklearn.datasets",
+    "sklearn.model_selection", "optuna", "edgetune.trainers._image", "edgetune.trainers.export",
+    "edgetune.devices",
+]
 
 
 @dataclass(frozen=True)
