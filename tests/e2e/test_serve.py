@@ -131,13 +131,14 @@ def test_job_whose_trials_all_fail_ends_failed_with_reason(server, tmp_path) -> 
         "trainer": {"dataset": "mnist", "epochs": 1, "options": {"data_dir": str(tmp_path)}},
         "objectives": [{"name": "accuracy"}],
         "algorithm": {"sampler": "random"},
-        "budget": {"n_trials": 2},
+        "budget": {"n_trials": 40},
     }
     with Client(server.url) as client:
         job = client.wait(client.submit(spec).id, timeout=300, poll_interval=0.5)
         assert job.status == "failed"
         assert job.error is not None and "MNIST files not found" in job.error
-        assert job.progress.failed == 2
+        assert "stopped early" in job.error
+        assert job.progress.failed == 5  # not the whole budget of 40
         trials = client.trials(job.id).data
         assert all(t.state == "fail" and "MNIST" in (t.error or "") for t in trials)
 

@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 #: A failed trial carrying this user attribute failed because of the infrastructure (its worker
 #: stopped, the job was cancelled), not because of its parameters: it does not use up budget.
 INFRA_FAILURE_ATTR = "edgetune:infra_failure"
+#: A job stops starting trials when this many have ended and every one of them failed.
+MAX_INITIAL_FAILURES = 5
 ERROR_ATTR = "error"
 
 
@@ -104,7 +106,9 @@ class OptunaBackend:
             job.started_at + timedelta(seconds=budget.timeout_s)
             if budget.timeout_s and job.started_at else None
         )
-        counted = sum(1 for t in study.get_trials(deepcopy=False) if _counts(t))
+        finished = [t for t in study.get_trials(deepcopy=False) if _counts(t)]
+        counted = len(finished)
+        succeeded = sum(1 for t in finished if t.state != TrialState.FAIL)
         report_to_pruner = spec.algorithm.pruner != "none"
         running: dict[int, _Running] = {}
         last_heartbeat = time.monotonic()
@@ -123,7 +127,10 @@ class OptunaBackend:
                 return JobOutcome(None, None)
 
             timed_out = deadline is not None and utcnow() >= deadline
-            while (not timed_out and len(running) < budget.parallelism
+            # A spec that makes every trial fail (a missing dataset, a bad option) should not
+            # burn its whole budget: stop starting trials once the first few all failed.
+            hopeless = succeeded == 0 and counted >= MAX_INITIAL_FAILURES
+            while (not timed_out and not hopeless and len(running) < budget.parallelism
                    and counted + len(running) < budget.n_trials):
                 trial = study.ask()
                 params = suggest(trial, space)
@@ -144,9 +151,11 @@ class OptunaBackend:
                     result = _receive(run)
                     self._tell(study, run.trial, spec.metric_names, result)
                     counted += 1
+                    succeeded += result["state"] != "failed"
                     logger.info("job %s: trial %d %s", job.id, number, result["state"])
 
-        return self._outcome(study, timed_out=deadline is not None and utcnow() >= deadline)
+        return self._outcome(study, n_trials=budget.n_trials,
+                             timed_out=deadline is not None and utcnow() >= deadline)
 
     # --- steps -----------------------------------------------------------------------------
     def _load_study(self, job: Job, spec: JobSpec) -> optuna.Study:
@@ -241,16 +250,18 @@ class OptunaBackend:
             logger.warning("trial %d of %s was left running; marked failed", t.number,
                            study.study_name)
 
-    def _outcome(self, study: optuna.Study, *, timed_out: bool) -> JobOutcome:
+    def _outcome(self, study: optuna.Study, *, n_trials: int, timed_out: bool) -> JobOutcome:
         trials = [t for t in study.get_trials(deepcopy=False) if _counts(t)]
         if any(t.state == TrialState.COMPLETE for t in trials):
             return JobOutcome(JobStatus.SUCCEEDED)
         failed = [t for t in trials if t.state == TrialState.FAIL]
         if failed:
             first = failed[0]
+            stopped = (" (the job stopped early: the first trials all failed)"
+                       if len(trials) < n_trials else "")
             return JobOutcome(
                 JobStatus.FAILED,
-                f"all {len(failed)} trials failed; trial {first.number}: "
+                f"all {len(failed)} trials failed{stopped}; trial {first.number}: "
                 f"{first.user_attrs.get(ERROR_ATTR, 'no reason recorded')}",
             )
         if trials:
