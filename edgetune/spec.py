@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
+from collections.abc import Iterable
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -57,11 +59,14 @@ class SpaceSpec(_Spec):
     @field_validator("params")
     @classmethod
     def _unique_names(cls, params: list[Param]) -> list[Param]:
-        names = [p.name for p in params]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"parameter names must be unique; repeated: {', '.join(duplicates)}")
+        if repeated := _repeated(p.name for p in params):
+            raise ValueError(f"parameter names must be unique; repeated: {', '.join(repeated)}")
         return params
+
+
+def _repeated(names: Iterable[str]) -> list[str]:
+    counts = Counter(names)
+    return sorted(n for n, c in counts.items() if c > 1)
 
 
 def _check_metric(metric: str, device: str | None) -> None:
@@ -152,9 +157,7 @@ class JobSpec(_Spec):
     @field_validator("objectives")
     @classmethod
     def _unique_objectives(cls, objectives: list[ObjectiveSpec]) -> list[ObjectiveSpec]:
-        keys = [o.key for o in objectives]
-        repeated = sorted({k for k in keys if keys.count(k) > 1})
-        if repeated:
+        if repeated := _repeated(o.key for o in objectives):
             raise ValueError(f"each objective must appear once; repeated: {', '.join(repeated)}")
         return objectives
 
