@@ -245,14 +245,72 @@ def pareto(
     server: ServerOpt = DEFAULT_SERVER,
     all_ranks: Annotated[bool, typer.Option("--all", help="Also the dominated trials.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    plot: Annotated[
+        Path | None, typer.Option(help="Also draw the front to a .png, .svg or .html file.")
+    ] = None,
+    x: Annotated[str | None, typer.Option(help="Objective on the plot's x axis.")] = None,
+    y: Annotated[str | None, typer.Option(help="Objective on the plot's y axis.")] = None,
+    objectives: Annotated[
+        str | None, typer.Option(help="Rank on a subset, e.g. accuracy,size_bytes.")
+    ] = None,
 ) -> None:
-    """Print a job's Pareto front as a table."""
+    """Print a job's Pareto front as a table (and plot it)."""
+    subset = [o.strip() for o in objectives.split(",")] if objectives else None
     with _client(server) as client:
-        front = _call(client.pareto, job_id, include_dominated=all_ranks)
+        front = _call(client.pareto, job_id, include_dominated=all_ranks, objectives=subset)
+        if plot is not None:
+            from edgetune.plots import plot_front
+
+            everything = _call(client.pareto, job_id, include_dominated=True, limit=500,
+                               objectives=subset)
+            try:
+                plot_front(everything, plot, x=x, y=y)
+            except ValueError as e:
+                _fail(str(e))
     if as_json:
         console.print_json(front.model_dump_json())
     else:
         print_pareto(front)
+    if plot is not None:
+        console.print(f"wrote {plot}")
+
+
+@app.command()
+def watch(job_id: str, server: ServerOpt = DEFAULT_SERVER) -> None:
+    """Follow a job live: progress bar, current front and hypervolume; then its front."""
+    with _client(server) as client:
+        job = watch_job(client, job_id)
+        print_pareto(_call(client.pareto, job.id))
+    if job.status != "succeeded":
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    job_id: str,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the HTML.")] = Path(
+        "report.html"
+    ),
+    server: ServerOpt = DEFAULT_SERVER,
+) -> None:
+    """Write a self-contained HTML report: front, hypervolume curve, importances, best models."""
+    from edgetune.report import write_report
+
+    with _client(server) as client:
+        job = _call(client.get, job_id)
+        front = _call(client.pareto, job_id, include_dominated=True, limit=500)
+        trials = []
+        offset = 0
+        while True:
+            page = _call(client.trials, job_id, offset=offset, limit=500)
+            trials += page.data
+            offset += len(page.data)
+            if not page.data or offset >= page.count:
+                break
+        history = _call(client.hypervolume, job_id)
+    write_report(out, job=job, front=front, trials=trials,
+                 hypervolume_history=[(p.trial_number, p.hypervolume) for p in history.data])
+    console.print(f"wrote {out}")
 
 
 @app.command()
@@ -332,45 +390,67 @@ def wait_for_server(client: Any, process: subprocess.Popen[bytes], *, timeout: f
 
 
 def watch_job(client: Any, job_id: str) -> JobPublic:
-    """Follow a job with a progress bar until it ends."""
+    """Follow a job's event stream with a progress bar and the current front until it ends."""
+    import httpx
+
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[detail]}"), TimeElapsedColumn())
     with Progress(*columns, console=console) as bar:
         task = bar.add_task("queued", total=None, detail="")
-
-        last: list[str] = []
-
-        def update(job: JobPublic) -> None:
-            p = job.progress
-            detail = (f"{p.complete} complete, {p.pruned} pruned, {p.failed} failed, "
-                      f"{p.running} running")
-            bar.update(task, description=job.status, total=p.n_trials, completed=p.finished,
-                       detail=detail)
-            line = f"{job.status}: {p.finished}/{p.n_trials} trials ({detail})"
-            if not console.is_terminal and line not in last:
-                # No live bar in a log: print a line whenever something changed.
-                last.append(line)
-                console.print(line)
-
-        job: JobPublic = _call(client.wait, job_id, poll_interval=0.5, progress=update)
+        front = ""
+        try:
+            for name, data in client.events(job_id):
+                if name == "progress":
+                    done = data["complete"] + data["pruned"] + data["failed"]
+                    detail = (f"{data['complete']} complete, {data['pruned']} pruned, "
+                              f"{data['failed']} failed, {data['running']} running{front}")
+                    bar.update(task, description=data["status"], total=data["n_trials"],
+                               completed=done, detail=detail)
+                    _log_line(f"{data['status']}: {done}/{data['n_trials']} trials ({detail})")
+                elif name == "front":
+                    hv = data["hypervolume"]
+                    front = (f"; front {len(data['trials'])} trials" +
+                             (f", hypervolume {hv:.4g}" if hv is not None else ""))
+                    bar.update(task, detail=str(bar.tasks[0].fields["detail"]).split(";")[0]
+                               + front)
+                    _log_line(f"front: trials {data['trials']}" +
+                              (f", hypervolume {hv:.4g}" if hv is not None else ""))
+                elif name == "trial" and data["state"] == "fail":
+                    bar.console.print(f"[red]trial {data['number']} failed:[/red] "
+                                      f"{data.get('error')}")
+        except (httpx.HTTPError, EdgetuneError) as e:
+            # The stream broke (a proxy, a restarted server): keep going by polling.
+            bar.console.print(f"event stream lost ({e}); polling instead")
+            _call(client.wait, job_id, poll_interval=1.0)
+    job: JobPublic = _call(client.get, job_id)
     style = "green" if job.status == "succeeded" else "red"
     console.print(f"job {job.id} [{style}]{job.status}[/{style}]"
                   + (f": {job.error}" if job.error else ""))
     return job
 
 
+def _log_line(line: str) -> None:
+    # No live bar in a log file or CI output: print a line whenever something happens.
+    if not console.is_terminal:
+        console.print(line, highlight=False)
+
+
 def print_pareto(front: ParetoPublic) -> None:
     names = [o.name for o in front.objectives]
     arrows = {"minimize": "↓", "maximize": "↑"}
+    hv = f", hypervolume {front.hypervolume:.4g}" if front.hypervolume is not None else ""
     table = Table(
         "trial", "rank", *(f"{o.name} {arrows[o.direction]}" for o in front.objectives),
         "params",
-        title=f"Pareto front: {front.front_size} of {front.n_complete} completed trials",
+        title=f"Pareto front: {front.front_size} of {front.n_complete} completed trials{hv}",
+        caption="* knee: the most balanced trade-off" if any(t.knee for t in front.data)
+        else None,
     )
     for t in front.data:
         cells = [_fmt(t.values[n]) for n in names]
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(t.params.items()))
-        table.add_row(str(t.number), str(t.rank), *cells, params)
+        mark = "*" if t.knee else ("" if t.feasible else " (infeasible)")
+        table.add_row(f"{t.number}{mark}", str(t.rank), *cells, params)
     console.print(table)
 
 

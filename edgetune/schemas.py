@@ -76,6 +76,11 @@ class ParetoTrial(BaseModel):
     crowding_distance: float | None = Field(
         description="Spread within the trial's front; null for a boundary point (infinite)."
     )
+    hv_contribution: float | None = Field(
+        default=None,
+        description="Hypervolume only this trial adds to the feasible front; null off it.",
+    )
+    knee: bool = Field(default=False, description="The front's knee: the balanced trade-off.")
     feasible: bool
     violation: float = Field(description="Total constraint violation; 0 when feasible.")
 
@@ -83,9 +88,31 @@ class ParetoTrial(BaseModel):
 class ParetoPublic(BaseModel):
     job_id: str
     objectives: list[ObjectivePublic]
+    reference_point: dict[str, float] = Field(
+        default_factory=dict,
+        description="The hypervolume's reference point, per objective: given, or the worst "
+        "value seen plus 10% of the range.",
+    )
+    hypervolume: float | None = Field(default=None, description="Of the feasible front.")
     data: list[ParetoTrial] = Field(description="By rank, then by the first objective.")
+    count: int = Field(default=0, description="Trials selected, across all pages.")
+    offset: int = 0
+    limit: int = 100
     n_complete: int = Field(description="Completed trials ranked.")
     front_size: int
+
+
+class HypervolumePoint(BaseModel):
+    trial_number: int
+    completed_at: datetime | None
+    hypervolume: float = Field(description="Of the feasible front once this trial completed.")
+
+
+class HypervolumePublic(BaseModel):
+    job_id: str
+    objectives: list[ObjectivePublic]
+    reference_point: dict[str, float]
+    data: list[HypervolumePoint] = Field(description="In the order trials completed.")
 
 
 class HealthPublic(BaseModel):

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from edgetune.search.front import FrontView
 from edgetune.settings import Settings
 from edgetune.storage import Database, JobRepository
 
@@ -24,6 +25,12 @@ def get_jobs(request: Request) -> JobRepository:
     return JobRepository(get_db(request))
 
 
+def get_front(request: Request) -> FrontView:
+    front: FrontView = request.app.state.front
+    return front
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 DatabaseDep = Annotated[Database, Depends(get_db)]
 JobsDep = Annotated[JobRepository, Depends(get_jobs)]
+FrontDep = Annotated[FrontView, Depends(get_front)]

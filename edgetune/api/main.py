@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from edgetune import __version__
 from edgetune.api.errors import install_error_handlers
 from edgetune.api.routes import health, jobs
+from edgetune.search.front import FrontView
 from edgetune.settings import Settings
 from edgetune.storage import open_database
 
@@ -23,6 +24,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.db = open_database(settings.url)
+        app.state.front = FrontView(app.state.db)
         yield
         app.state.db.dispose()
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
 
 import httpx
 
 from edgetune.errors import ConflictError, EdgetuneError, InvalidSpecError, NotFoundError
 from edgetune.schemas import (
     HealthPublic,
+    HypervolumePublic,
     JobPublic,
     JobsPublic,
     ParetoPublic,
@@ -103,14 +107,67 @@ class Client:
 
     def pareto(
         self, job_id: str, *, objectives: Sequence[str] | None = None,
-        include_dominated: bool = False,
+        include_dominated: bool = False, reference: Sequence[float] | None = None,
+        offset: int = 0, limit: int = 100,
     ) -> ParetoPublic:
-        params: dict[str, Any] = {"include_dominated": include_dominated}
-        if objectives:
-            params["objectives"] = ",".join(objectives)
+        """One page of the ranked front (`include_dominated` for every completed trial)."""
+        params = _front_params(objectives, reference)
+        params.update(include_dominated=include_dominated, offset=offset, limit=limit)
         return ParetoPublic.model_validate(
             self._request("GET", f"/jobs/{job_id}/pareto", params=params)
         )
+
+    def hypervolume(
+        self, job_id: str, *, objectives: Sequence[str] | None = None,
+        reference: Sequence[float] | None = None,
+    ) -> HypervolumePublic:
+        """The feasible front's hypervolume after each completed trial."""
+        return HypervolumePublic.model_validate(self._request(
+            "GET", f"/jobs/{job_id}/hypervolume", params=_front_params(objectives, reference)
+        ))
+
+    def download_artifact(self, job_id: str, number: int, path: str | Path) -> Path:
+        """Save trial `number`'s exported model to `path`, checking its sha256 on the way."""
+        path = Path(path)
+        digest = hashlib.sha256()
+        with self._http.stream("GET", f"/jobs/{job_id}/trials/{number}/artifact") as response:
+            if not response.is_success:
+                response.read()
+                self._raise(response)
+            expected = response.headers.get("X-Artifact-Sha256")
+            tmp = path.with_name(path.name + ".part")
+            with tmp.open("wb") as out:
+                for chunk in response.iter_bytes():
+                    digest.update(chunk)
+                    out.write(chunk)
+        if expected and digest.hexdigest() != expected:
+            tmp.unlink()
+            raise APIError(502, f"artifact sha256 mismatch: got {digest.hexdigest()}")
+        tmp.replace(path)
+        return path
+
+    def events(self, job_id: str, *, interval_s: float = 0.5) -> Iterator[tuple[str, Any]]:
+        """Follow the job's server-sent events: (name, data) until the `end` event."""
+        with self._http.stream(
+            "GET", f"/jobs/{job_id}/events", params={"interval_s": interval_s},
+            timeout=httpx.Timeout(self._http.timeout.connect, read=120.0),
+        ) as response:
+            if not response.is_success:
+                response.read()
+                self._raise(response)
+            name, data = "message", []
+            for line in response.iter_lines():
+                if line.startswith(":"):
+                    continue
+                if line.startswith("event:"):
+                    name = line[6:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[5:].strip())
+                elif not line and data:
+                    yield name, json.loads("\n".join(data))
+                    if name == "end":
+                        return
+                    name, data = "message", []
 
     def health(self) -> HealthPublic:
         return HealthPublic.model_validate(self._request("GET", "/health"))
@@ -120,6 +177,10 @@ class Client:
         response = self._http.request(method, path, **kwargs)
         if response.is_success:
             return response.json()
+        self._raise(response)
+
+    @staticmethod
+    def _raise(response: httpx.Response) -> NoReturn:
         try:
             detail = response.json().get("detail")
         except ValueError:
@@ -133,3 +194,14 @@ class Client:
         if response.status_code == 409:
             raise ConflictError(str(detail))
         raise APIError(response.status_code, detail)
+
+
+def _front_params(
+    objectives: Sequence[str] | None, reference: Sequence[float] | None
+) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if objectives:
+        params["objectives"] = ",".join(objectives)
+    if reference is not None:
+        params["reference"] = ",".join(repr(float(v)) for v in reference)
+    return params

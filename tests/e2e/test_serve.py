@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 import time
 
 import httpx
+import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -82,7 +84,33 @@ def test_three_objective_job_end_to_end(server) -> None:
                 assert any(dominates(lower_better[n], values) for n in front_numbers)
 
         everything = client.pareto(job.id, include_dominated=True)
-        assert len(everything.data) == len(complete)
+        assert len(everything.data) == everything.count == len(complete)
+        assert sum(t.knee for t in front.data) == 1
+        assert set(front.reference_point) == set(keys)
+        assert front.hypervolume is not None and front.hypervolume > 0
+        assert all(t.hv_contribution is not None and t.hv_contribution >= 0
+                   for t in front.data if t.feasible)
+        page = client.pareto(job.id, include_dominated=True, offset=2, limit=3)
+        assert [t.number for t in page.data] == [t.number for t in everything.data[2:5]]
+
+        history = client.hypervolume(job.id).data
+        assert [h.trial_number for h in history] == sorted(
+            (t.number for t in complete), key=lambda n: next(
+                c.finished_at for c in complete if c.number == n))
+        volumes = [h.hypervolume for h in history]
+        assert volumes == sorted(volumes)  # a front only grows
+        assert volumes[-1] == pytest.approx(front.hypervolume)
+
+        best = front.data[0]
+        path = client.download_artifact(job.id, best.number, server.data_dir / "best.onnx")
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == next(
+            t.user_attrs["artifact"]["sha256"] for t in complete if t.number == best.number)
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        (out,) = session.run(None, {session.get_inputs()[0].name:
+                                    np.zeros((1, 1, 8, 8), np.float32)})
+        assert out.shape == (1, 10)
 
     study = optuna.load_study(study_name=job.study_name, storage=server.database_url)
     assert study.metric_names == keys
@@ -165,3 +193,48 @@ def test_cancel_stops_a_running_job(server) -> None:
         assert job.status == "cancelled"
         assert job.progress.running == 0
         assert job.progress.finished < 100
+
+
+def test_events_stream_a_running_job_to_a_real_http_client(server) -> None:
+    spec = {**THREE_OBJECTIVES, "name": "e2e-events", "budget": {"n_trials": 4},
+            "trainer": {"epochs": 1}}
+    with Client(server.url) as client:
+        job = client.submit(spec)
+        events = list(client.events(job.id, interval_s=0.2))
+    names = [name for name, _ in events]
+    assert names[-1] == "end" and events[-1][1]["status"] == "succeeded"
+    trials = [data for name, data in events if name == "trial"]
+    assert sorted(t["number"] for t in trials) == [0, 1, 2, 3]
+    assert all(set(t["values"]) == {"accuracy", "latency_ms@local", "size_bytes"}
+               for t in trials if t["state"] == "complete")
+    progress = [data for name, data in events if name == "progress"]
+    assert progress[0]["status"] in ("queued", "running")
+    assert any(p["running"] >= 1 for p in progress)  # seen while it ran, not only at the end
+    fronts = [data for name, data in events if name == "front"]
+    assert fronts and fronts[-1]["trials"] and fronts[-1]["hypervolume"] > 0
+
+
+def test_watch_and_plot_commands_against_the_server(server, tmp_path) -> None:
+    spec = {**THREE_OBJECTIVES, "name": "e2e-cli", "budget": {"n_trials": 3},
+            "trainer": {"epochs": 1}}
+    with Client(server.url) as client:
+        job = client.submit(spec)
+    cli = [sys.executable, "-m", "edgetune"]
+    watched = subprocess.run([*cli, "watch", job.id, "--server", server.url],
+                             capture_output=True, text=True, timeout=300)
+    assert watched.returncode == 0, watched.stderr
+    assert "succeeded" in watched.stdout and "Pareto front" in watched.stdout
+    assert "hypervolume" in watched.stdout
+    png = tmp_path / "front.png"
+    plotted = subprocess.run([*cli, "pareto", job.id, "--server", server.url, "--plot",
+                              str(png)], capture_output=True, text=True, timeout=120)
+    assert plotted.returncode == 0, plotted.stderr
+    import matplotlib.image
+
+    image = matplotlib.image.imread(png)
+    assert png.stat().st_size > 5_000 and image.shape[0] > 100 and image.shape[1] > 100
+    report = tmp_path / "report.html"
+    reported = subprocess.run([*cli, "report", job.id, "--server", server.url, "--out",
+                               str(report)], capture_output=True, text=True, timeout=120)
+    assert reported.returncode == 0, reported.stderr
+    assert "<svg" in report.read_text()

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import math
+import re
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Request, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, StreamingResponse
 from optuna.trial import FrozenTrial, TrialState
 
 from edgetune.errors import InvalidSpecError, NotFoundError
 from edgetune.schemas import (
     ErrorPublic,
+    HypervolumePublic,
     JobProgress,
     JobPublic,
     JobsPublic,
@@ -19,14 +26,18 @@ from edgetune.schemas import (
     TrialsPublic,
 )
 from edgetune.search import validate_job_spec
-from edgetune.search.front import rank_front, trial_metrics
+from edgetune.search.events import KEEPALIVE_S, JobEventStream
+from edgetune.search.front import trial_metrics
 from edgetune.spec import JobSpec
 from edgetune.storage import Database, Job, optuna_storage
 from edgetune.storage.trials import trial_state_counts
 
-from ..deps import DatabaseDep, JobsDep
+from ..deps import DatabaseDep, FrontDep, JobsDep, SettingsDep
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+SHA256 = re.compile(r"[0-9a-f]{64}")
+ARTIFACT_EXTENSIONS = {"onnx": "onnx", "torchscript": "pt"}
 
 _ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorPublic}}
 Offset = Annotated[int, Query(ge=0, le=10_000_000)]
@@ -101,28 +112,139 @@ def get_trial(job_id: str, number: int, jobs: JobsDep, db: DatabaseDep) -> Trial
     raise NotFoundError(f"job {job_id!r} has no trial {number}")
 
 
+Objectives = Annotated[
+    str | None,
+    Query(max_length=1000, description="Comma-separated subset, e.g. accuracy,size_bytes."),
+]
+Reference = Annotated[
+    str | None,
+    Query(max_length=1000, description="Hypervolume reference point, one value per objective "
+          "in order, comma-separated; derived from the data when absent."),
+]
+
+
 @router.get("/{job_id}/pareto", response_model=ParetoPublic, responses=_ERRORS)
 def get_pareto(
     job_id: str,
     jobs: JobsDep,
-    db: DatabaseDep,
-    objectives: Annotated[
-        str | None,
-        Query(max_length=1000, description="Comma-separated subset, e.g. accuracy,size_bytes."),
-    ] = None,
+    front: FrontDep,
+    objectives: Objectives = None,
+    reference: Reference = None,
     include_dominated: Annotated[
         bool, Query(description="Also return the dominated trials, with their rank.")
     ] = False,
+    offset: Offset = 0,
+    limit: Limit = 100,
 ) -> ParetoPublic:
-    """Completed trials ranked by non-dominated sorting (feasible first), with crowding."""
+    """Completed trials ranked (feasible first): rank, crowding, hypervolume share, knee."""
     job = jobs.get(job_id)
     spec = JobSpec.model_validate_json(job.spec)
-    subset = [o.strip() for o in objectives.split(",") if o.strip()] if objectives else None
     try:
-        return rank_front(job.id, spec, _trials(db, job), objectives=subset,
-                          include_dominated=include_dominated)
+        return front.pareto(
+            job.id, job.study_name, spec, objectives=_names(objectives),
+            reference=_floats(reference), include_dominated=include_dominated,
+            offset=offset, limit=limit,
+        )
     except ValueError as e:
-        raise InvalidSpecError("objectives", str(e)) from e
+        raise InvalidSpecError("query", str(e)) from e
+
+
+@router.get("/{job_id}/hypervolume", response_model=HypervolumePublic, responses=_ERRORS)
+def get_hypervolume(
+    job_id: str, jobs: JobsDep, front: FrontDep, objectives: Objectives = None,
+    reference: Reference = None,
+) -> HypervolumePublic:
+    """How the feasible front's hypervolume grew, trial by trial, in completion order."""
+    job = jobs.get(job_id)
+    spec = JobSpec.model_validate_json(job.spec)
+    try:
+        return front.hypervolume_history(job.id, job.study_name, spec,
+                                         objectives=_names(objectives),
+                                         reference=_floats(reference))
+    except ValueError as e:
+        raise InvalidSpecError("query", str(e)) from e
+
+
+@router.get(
+    "/{job_id}/trials/{number}/artifact",
+    response_class=FileResponse,
+    responses={**_ERRORS, 200: {"content": {"application/octet-stream": {}}}},
+)
+def get_artifact(
+    job_id: str, number: int, jobs: JobsDep, db: DatabaseDep, settings: SettingsDep
+) -> FileResponse:
+    """The trial's exported model (ONNX or TorchScript), named by its sha256."""
+    job = jobs.get(job_id)
+    for t in _trials(db, job):
+        if t.number == number:
+            artifact = t.user_attrs.get("artifact") or {}
+            sha = str(artifact.get("sha256", ""))
+            ext = ARTIFACT_EXTENSIONS.get(str(artifact.get("format")))
+            # The file name comes from the hash the worker recorded, never from the request.
+            if not SHA256.fullmatch(sha) or ext is None:
+                break
+            path = settings.artifact_dir / f"{sha}.{ext}"
+            if not path.is_file():
+                raise NotFoundError(f"the artifact of trial {number} is no longer stored")
+            return FileResponse(
+                path, media_type="application/octet-stream",
+                filename=f"{job.name}-trial{number}.{ext}",
+                headers={"X-Artifact-Sha256": sha},
+            )
+    raise NotFoundError(f"job {job_id!r} has no trial {number} with an artifact")
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={**_ERRORS, 200: {"content": {"text/event-stream": {}}}},
+)
+async def job_events(
+    job_id: str, request: Request, jobs: JobsDep, db: DatabaseDep, front: FrontDep,
+    interval_s: Annotated[float, Query(ge=0.1, le=30)] = 0.5,
+) -> StreamingResponse:
+    """Server-sent events: `progress`, `trial` (one per finished trial), `front` (when it
+    changes) and `end` (the job's final status), after which the stream closes."""
+    job = await run_in_threadpool(jobs.get, job_id)
+    stream = JobEventStream(job.id, jobs, db, front)
+
+    async def generate() -> AsyncIterator[str]:
+        idle = 0.0
+        while True:
+            events, finished = await run_in_threadpool(stream.poll)
+            for event in events:
+                yield event
+            if finished:
+                return
+            if events:
+                idle = 0.0
+            elif (idle := idle + interval_s) >= KEEPALIVE_S:
+                idle = 0.0
+                yield ": keep-alive\n\n"
+            if await request.is_disconnected():
+                return
+            await asyncio.sleep(interval_s)
+
+    return StreamingResponse(
+        generate(), media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _names(text: str | None) -> list[str] | None:
+    return [o.strip() for o in text.split(",") if o.strip()] if text else None
+
+
+def _floats(text: str | None) -> list[float] | None:
+    if not text:
+        return None
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError as e:
+        raise InvalidSpecError("reference", f"must be comma-separated numbers: {e}") from e
+    if not all(math.isfinite(v) for v in values):
+        raise InvalidSpecError("reference", "must be finite numbers")
+    return values
 
 
 # --- views ---------------------------------------------------------------------------------
@@ -167,11 +289,16 @@ def _trial_public(t: FrozenTrial, spec: JobSpec) -> TrialPublic:
         state=t.state.name.lower(),  # type: ignore[arg-type]
         params=t.params | t.user_attrs.get("fixed_params", {}),
         values=values,
-        metrics=trial_metrics(t),
+        metrics=trial_metrics(t.user_attrs),
         intermediate_values=dict(t.intermediate_values),
-        started_at=t.datetime_start,
-        finished_at=t.datetime_complete,
+        started_at=_aware(t.datetime_start),
+        finished_at=_aware(t.datetime_complete),
         duration_s=duration,
         error=t.user_attrs.get("error"),
         user_attrs=t.user_attrs,
     )
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    # Optuna hands back naive local times; the API speaks UTC everywhere.
+    return None if moment is None else moment.astimezone(UTC)
