@@ -79,7 +79,7 @@ class JobEventStream:
             ranked = self.front.ranked(job.study_name, spec)
             numbers = sorted(
                 ranked.numbers[i] for i in range(len(ranked.numbers))
-                if ranked.ranks[i] == 0 and ranked.violation[i] <= 0
+                if ranked.on_front[i] and ranked.violation[i] <= 0
             )
             if numbers != self._front:
                 self._front = numbers

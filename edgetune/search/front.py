@@ -30,6 +30,7 @@ from edgetune.search.pareto import (
     crowding_distance,
     hypervolume,
     hypervolume_contributions,
+    is_pareto_front,
     knee_point,
     reference_point,
 )
@@ -55,9 +56,13 @@ def trial_metrics(attrs: dict[str, object]) -> dict[str, float]:
     return out
 
 
-@dataclass(frozen=True)
+@dataclass
 class RankedFront:
-    """Everything about the completed trials that does not depend on the page asked for."""
+    """Everything about the completed trials that does not depend on the page asked for.
+
+    The front (rank 0) is found at once; the ranks of the dominated trials, which only a
+    request with `include_dominated` needs, are computed on first use by `full_ranks`.
+    """
 
     objectives: list[ObjectivePublic]
     trial_ids: list[int]
@@ -66,13 +71,37 @@ class RankedFront:
     values: npt.NDArray[np.float64]  # as the user reads them (accuracy up, latency down)
     lower_better: npt.NDArray[np.float64]
     violation: npt.NDArray[np.float64]
-    ranks: npt.NDArray[np.int64]
-    crowding: npt.NDArray[np.float64]
+    on_front: npt.NDArray[np.bool_]  # rank 0: feasible and non-dominated (see constrained_rank)
     contributions: npt.NDArray[np.float64]  # NaN off the feasible front
     knee: int | None  # index into the arrays
     reference: npt.NDArray[np.float64]  # lower-better orientation
     hypervolume: float | None
-    order: list[int]  # by rank, then by the objectives
+    constrained: bool
+    _ranks: npt.NDArray[np.int64] | None = None
+    _crowding: npt.NDArray[np.float64] | None = None
+
+    def full_ranks(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        """Every trial's rank (feasible first) and crowding distance within its rank."""
+        if self._ranks is None or self._crowding is None:
+            ranks = constrained_rank(self.lower_better,
+                                     self.violation if self.constrained else None)
+            crowding = np.zeros(len(ranks))
+            for rank in np.unique(ranks):
+                members = np.flatnonzero(ranks == rank)
+                crowding[members] = crowding_distance(self.lower_better[members])
+            self._ranks, self._crowding = ranks, crowding
+        return self._ranks, self._crowding
+
+    def front_crowding(self) -> npt.NDArray[np.float64]:
+        """Crowding distance of the front's members (zeros elsewhere), without full ranks."""
+        crowding = np.zeros(len(self.numbers))
+        members = np.flatnonzero(self.on_front)
+        crowding[members] = crowding_distance(self.lower_better[members])
+        return crowding
+
+    def order(self, ranks: npt.NDArray[np.int64], members: npt.NDArray[np.intp]) -> list[int]:
+        """`members` by rank, then by the objectives (lower is better)."""
+        return sorted(members.tolist(), key=lambda i: (int(ranks[i]), *self.lower_better[i]))
 
 
 class FrontView:
@@ -110,7 +139,14 @@ class FrontView:
     ) -> ParetoPublic:
         """The front (or every ranked trial), a page of it, with the reference point used."""
         r = self.ranked(study_name, spec, objectives=objectives, reference=reference)
-        selected = [i for i in r.order if include_dominated or r.ranks[i] == 0]
+        if include_dominated:
+            with self._lock:  # full ranks are computed once, by whichever request comes first
+                ranks, crowding = r.full_ranks()
+            selected = r.order(ranks, np.arange(len(ranks)))
+        else:
+            ranks = np.where(r.on_front, 0, 1).astype(np.int64)
+            crowding = r.front_crowding()
+            selected = r.order(ranks, np.flatnonzero(r.on_front))
         page = selected[offset : offset + limit]
         page_ids = [r.trial_ids[i] for i in page]
         params = trial_params(self.db, page_ids)
@@ -123,8 +159,8 @@ class FrontView:
                 | dict(attrs.get(r.trial_ids[i], {}).get("fixed_params", {})),
                 values=dict(zip(names, (float(v) for v in r.values[i]), strict=True)),
                 metrics=trial_metrics(attrs.get(r.trial_ids[i], {})),
-                rank=int(r.ranks[i]),
-                crowding_distance=None if math.isinf(r.crowding[i]) else float(r.crowding[i]),
+                rank=int(ranks[i]),
+                crowding_distance=None if math.isinf(crowding[i]) else float(crowding[i]),
                 hv_contribution=None if math.isnan(r.contributions[i])
                 else float(r.contributions[i]),
                 knee=r.knee == i,
@@ -143,7 +179,7 @@ class FrontView:
             offset=offset,
             limit=limit,
             n_complete=len(r.numbers),
-            front_size=int(np.sum(r.ranks == 0)),
+            front_size=int(np.sum(r.on_front)),
         )
 
     def hypervolume_history(
@@ -191,11 +227,13 @@ class FrontView:
                                   for i in ids])
         else:
             violation = np.zeros(len(rows))
-        ranks = constrained_rank(lower_better, violation if spec.constraints else None)
-        crowding = np.zeros(len(rows))
-        for rank in np.unique(ranks):
-            members = np.flatnonzero(ranks == rank)
-            crowding[members] = crowding_distance(lower_better[members])
+        feasible = violation <= 0
+        on_front = np.zeros(len(rows), dtype=bool)
+        if feasible.any():
+            on_front[np.flatnonzero(feasible)[is_pareto_front(lower_better[feasible])]] = True
+        elif len(rows):
+            # Nothing is feasible: rank 0 holds the least-violating trials (constrained_rank).
+            on_front = constrained_rank(lower_better, violation) == 0
 
         if reference is not None:
             if len(reference) != len(keys):
@@ -211,13 +249,12 @@ class FrontView:
         contributions = np.full(len(rows), np.nan)
         knee: int | None = None
         volume: float | None = None
-        front = np.flatnonzero((ranks == 0) & (violation <= 0))
+        front = np.flatnonzero(on_front & feasible)
         if len(front):
             contributions[front] = hypervolume_contributions(lower_better[front], ref)
             volume = float(hypervolume(lower_better[front], ref))
             k = knee_point(lower_better[front])
             knee = None if k is None else int(front[k])
-        order = sorted(range(len(rows)), key=lambda i: (int(ranks[i]), *lower_better[i]))
         return RankedFront(
             objectives=[ObjectivePublic(name=k, direction=directions[k]) for k in keys],
             trial_ids=ids,
@@ -226,13 +263,12 @@ class FrontView:
             values=values,
             lower_better=lower_better,
             violation=violation,
-            ranks=ranks,
-            crowding=crowding,
+            on_front=on_front,
             contributions=contributions,
             knee=knee,
             reference=ref,
             hypervolume=volume,
-            order=order,
+            constrained=bool(spec.constraints),
         )
 
 

@@ -162,8 +162,30 @@ def non_dominated_rank(values: npt.ArrayLike) -> npt.NDArray[np.int64]:
 
 
 def is_pareto_front(values: npt.ArrayLike) -> npt.NDArray[np.bool_]:
-    """Mask of the points that no other point dominates (rank 0)."""
-    return non_dominated_rank(values) == 0
+    """Mask of the points that no other point dominates (rank 0), without ranking the rest.
+
+    Points are visited in lexicographic order, where the first one left is always on the
+    front; each front point removes, in one vectorized step, every point it dominates or
+    equals. The cost is O(front size x n), so it answers "which trials are on the front" for
+    thousands of trials in milliseconds, where full ranking peels every front.
+    """
+    array = validate_values(values)
+    n = len(array)
+    mask = np.zeros(n, dtype=bool)
+    if n == 0:
+        return mask
+    order = np.lexsort(array.T[::-1])
+    remaining = order
+    while len(remaining):
+        head = remaining[0]
+        mask[head] = True
+        rest = array[remaining[1:]]
+        head_values = array[head]
+        duplicate = np.all(rest == head_values, axis=1)
+        mask[remaining[1:][duplicate]] = True  # identical points share the front
+        covered = np.all(head_values <= rest, axis=1)
+        remaining = remaining[1:][~covered]
+    return mask
 
 
 def crowding_distance(values: npt.ArrayLike) -> npt.NDArray[np.float64]:
