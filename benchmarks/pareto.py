@@ -242,7 +242,8 @@ def endpoint_section() -> list[str]:
         f"A real `edgetune serve` process (SQLite) with a job of {ENDPOINT_TRIALS:,} completed "
         f"3-objective trials (uniform random; {front_size} on the front), measured from an "
         "HTTP client on the same machine. Cold: the first request after the server started "
-        "(reads every value, finds the front, hypervolume contributions, knee; full ranks wait for the first `include_dominated` request). Warm: later requests, "
+        "(reads every value, finds the front, hypervolume contributions, knee; full ranks "
+        "wait for the first `include_dominated` request). Warm: later requests, "
         "served from the per-job cache that the count of completed trials keys.",
         "",
         "| request | ms |",
