@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 #: `onnx` extra) are skipped by the fork server.
 PRELOAD = [
     "torch", "torch._dynamo", "torch.onnx", "onnxruntime", "sklearn.datasets",
-    "sklearn.model_selection", "optuna", "edgetune.trainers._image", "edgetune.trainers.export",
+    "sklearn.model_selection", "optuna", "edgetune.trainers._image", "edgetune.trainers._tabular",
+    "edgetune.trainers.export",
     "edgetune.devices",
 ]
 

@@ -26,6 +26,14 @@ def validate_job_spec(spec: JobSpec) -> None:
                     f"{trainer_cls.name} has no parameter {p.name!r}; "
                     f"it reads: {', '.join(sorted(known))}",
                 )
+        user = {p.name for p in spec.space.params}
+        foreign = [p.name for p in params if p.name not in known and p.name not in user]
+        if foreign:
+            raise InvalidSpecError(
+                "space.name",
+                f"space {spec.space.name!r} has parameters {trainer_cls.name} does not read "
+                f"({', '.join(foreign)}); pick a space made for it",
+            )
     if not params:
         raise InvalidSpecError("space", "the space has no parameters to search")
 

@@ -30,4 +30,20 @@ CNN = BuiltinSpace(
     ),
 )
 
-BUILTIN_SPACES: dict[str, BuiltinSpace] = {space.name: space for space in (CNN,)}
+MLP = BuiltinSpace(
+    name="mlp",
+    description=(
+        "A multilayer perceptron for tabular data: `n_layers` hidden layers of `width` units "
+        "(linear, then the `activation` relu, gelu or tanh, then dropout at rate `dropout`) "
+        "and a linear classifier; trained with Adam at learning rate `lr`."
+    ),
+    params=(
+        IntParam(name="n_layers", low=1, high=4),
+        IntParam(name="width", low=16, high=256, log=True),
+        CategoricalParam(name="activation", choices=["relu", "gelu", "tanh"]),
+        FloatParam(name="dropout", low=0.0, high=0.5),
+        FloatParam(name="lr", low=1e-4, high=3e-2, log=True),
+    ),
+)
+
+BUILTIN_SPACES: dict[str, BuiltinSpace] = {space.name: space for space in (CNN, MLP)}

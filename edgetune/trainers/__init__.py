@@ -12,7 +12,10 @@ __all__ = ["FitResult", "Report", "Trainer", "available_trainers", "get_trainer_
 
 #: Built-in trainers, so they work from a source checkout too; installed packages add more
 #: through the `edgetune.trainers` entry-point group.
-_BUILTIN = {"image-classifier": "edgetune.trainers._image:ImageClassifier"}
+_BUILTIN = {
+    "image-classifier": "edgetune.trainers._image:ImageClassifier",
+    "tabular-classifier": "edgetune.trainers._tabular:TabularClassifier",
+}
 
 
 def available_trainers() -> dict[str, str]:

@@ -53,6 +53,8 @@ def test_single_objective_with_median_pruner_passes() -> None:
         ({"space": {"params": [{"type": "float", "name": "momentum", "low": 0, "high": 1}]}},
          "space.params.0.name", "has no parameter 'momentum'"),
         ({"space": {"name": None}}, "space", "no parameters"),
+        ({"trainer": {"name": "tabular-classifier", "dataset": "iris"}}, "space.name",
+         "does not read (depth, kernel_size)"),
         ({"objectives": [{"name": "latency_ms", "device": "pixel7"}]}, "objectives.0.device",
          "registered devices: local"),
     ],
