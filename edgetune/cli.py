@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from importlib import resources
 from pathlib import Path
@@ -97,25 +98,57 @@ def serve(
     open_database(settings.url).dispose()  # migrate once, before workers and the API race to
     env = {**os.environ, "EDGETUNE_DATA_DIR": str(settings.resolved_data_dir),
            "EDGETUNE_DATABASE_URL": settings.url}
-    pool = [
-        subprocess.Popen(
-            [sys.executable, "-m", "edgetune", "worker", "--parent-pid", str(os.getpid()),
-             "--log-level", log_level],
-            env=env,
-        )
-        for _ in range(settings.workers)
-    ]
+    pool = WorkerPool(settings.workers, env=env, log_level=log_level)
+    pool.start()
     try:
+        # Event streams stay open while their jobs run: give them 5 s to close on shutdown.
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                    log_level=log_level.lower())
+                    log_level=log_level.lower(), timeout_graceful_shutdown=5)
     finally:
-        for process in pool:
+        pool.stop()
+
+
+class WorkerPool:
+    """`serve`'s worker processes: started, restarted when one dies, stopped at the end."""
+
+    def __init__(self, size: int, *, env: dict[str, str], log_level: str) -> None:
+        self.size = size
+        self.env = env
+        self.log_level = log_level
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self._stopping = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="worker-pool", daemon=True)
+
+    def start(self) -> None:
+        self.processes = [self._spawn() for _ in range(self.size)]
+        self._watcher.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        for process in self.processes:
             process.terminate()
-        for process in pool:
+        for process in self.processes:
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "edgetune", "worker", "--parent-pid", str(os.getpid()),
+             "--log-level", self.log_level],
+            env=self.env,
+        )
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(2.0):
+            for i, process in enumerate(self.processes):
+                if process.poll() is not None and not self._stopping.is_set():
+                    logging.getLogger(__name__).warning(
+                        "worker %d exited with code %s; starting another", process.pid,
+                        process.returncode,
+                    )
+                    self.processes[i] = self._spawn()
 
 
 @app.command()

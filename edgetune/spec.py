@@ -26,7 +26,7 @@ LOCAL_DEVICE = "local"
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class TrainerSpec(_Spec):

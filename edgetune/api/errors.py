@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from edgetune.errors import (
@@ -19,6 +20,17 @@ logger = logging.getLogger(__name__)
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's default echoes the rejected input, which cannot be rendered when it holds
+        # NaN or an infinity; the field, the rule and the error type are what a client needs.
+        detail = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")),
+             "type": str(e.get("type", "value_error"))}
+            for e in exc.errors()
+        ]
+        return JSONResponse(status_code=422, content={"detail": detail})
+
     @app.exception_handler(InvalidSpecError)
     async def invalid_spec(_request: Request, exc: InvalidSpecError) -> JSONResponse:
         # The same shape as FastAPI's own validation errors, so clients read one format.

@@ -135,15 +135,20 @@ class Client:
                 response.read()
                 self._raise(response)
             expected = response.headers.get("X-Artifact-Sha256")
+            if not expected:
+                raise APIError(502, "the server sent no X-Artifact-Sha256 to check against")
             tmp = path.with_name(path.name + ".part")
-            with tmp.open("wb") as out:
-                for chunk in response.iter_bytes():
-                    digest.update(chunk)
-                    out.write(chunk)
-        if expected and digest.hexdigest() != expected:
-            tmp.unlink()
-            raise APIError(502, f"artifact sha256 mismatch: got {digest.hexdigest()}")
-        tmp.replace(path)
+            try:
+                with tmp.open("wb") as out:
+                    for chunk in response.iter_bytes():
+                        digest.update(chunk)
+                        out.write(chunk)
+                if digest.hexdigest() != expected:
+                    raise APIError(502, f"artifact sha256 mismatch: got {digest.hexdigest()}, "
+                                   f"expected {expected}")
+                tmp.replace(path)
+            finally:
+                tmp.unlink(missing_ok=True)
         return path
 
     def events(self, job_id: str, *, interval_s: float = 0.5) -> Iterator[tuple[str, Any]]:
@@ -168,6 +173,7 @@ class Client:
                     if name == "end":
                         return
                     name, data = "message", []
+        raise APIError(502, "the event stream closed before the job ended")
 
     def health(self) -> HealthPublic:
         return HealthPublic.model_validate(self._request("GET", "/health"))
@@ -182,7 +188,8 @@ class Client:
     @staticmethod
     def _raise(response: httpx.Response) -> NoReturn:
         try:
-            detail = response.json().get("detail")
+            body = response.json()
+            detail = body.get("detail") if isinstance(body, dict) else body
         except ValueError:
             detail = response.text
         if response.status_code == 422 and isinstance(detail, list) and detail:

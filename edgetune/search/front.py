@@ -253,6 +253,9 @@ class FrontView:
         if len(front):
             contributions[front] = hypervolume_contributions(lower_better[front], ref)
             volume = float(hypervolume(lower_better[front], ref))
+            if not (math.isfinite(volume) and np.all(np.isfinite(contributions[front]))):
+                raise ValueError("the reference point is too far from the data: the "
+                                 "hypervolume overflows a float")
             k = knee_point(lower_better[front])
             knee = None if k is None else int(front[k])
         return RankedFront(

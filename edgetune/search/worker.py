@@ -107,10 +107,20 @@ class Worker:
         except Exception as e:
             logger.exception("job %s failed in its worker", job.id)
             outcome = JobOutcome(JobStatus.FAILED, f"{type(e).__name__}: {e}")
-        if outcome.status is None:
-            self.jobs.release(job.id, self.name)
-            logger.info("worker %s: handed job %s back to the queue", self.name, job.id)
-        else:
-            self.jobs.finish(job.id, self.name, outcome.status, outcome.error)
-            logger.info("worker %s: job %s %s", self.name, job.id, outcome.status.value)
+        status = outcome.status
+        for attempt in range(5):
+            try:
+                if status is None:
+                    self.jobs.release(job.id, self.name)
+                else:
+                    self.jobs.finish(job.id, self.name, status, outcome.error)
+                break
+            except StorageError as e:
+                # The outcome must not be lost to one busy database: retry, then leave the job
+                # to its lease, which hands it to a worker that will find every trial done.
+                logger.warning("worker %s: could not record job %s (%s); retry %d", self.name,
+                               job.id, e, attempt + 1)
+                self.stopping.wait(2.0**attempt)
+        logger.info("worker %s: job %s %s", self.name, job.id,
+                    "handed back to the queue" if status is None else status.value)
         return outcome

@@ -10,10 +10,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 ParamValue = int | float | str | bool
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$"
 MAX_CHOICES = 10_000
+#: Bounds beyond this cannot be sampled as floats without losing integers (2**53).
+MAX_MAGNITUDE = 2.0**53
+MAX_GRID_POINTS = 1e15
 
 
 class _Param(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = Field(pattern=NAME_PATTERN, description="Parameter name, as the trainer reads it.")
 
@@ -82,6 +85,8 @@ Param = Annotated[
 
 
 def _check_range(low: float, high: float, log: bool, step: float | None) -> None:
+    if abs(low) > MAX_MAGNITUDE or abs(high) > MAX_MAGNITUDE:
+        raise ValueError(f"`low` and `high` must lie within +-{MAX_MAGNITUDE:g}")
     if not (math.isfinite(low) and math.isfinite(high)):
         raise ValueError("`low` and `high` must be finite numbers")
     if low > high:
@@ -92,5 +97,9 @@ def _check_range(low: float, high: float, log: bool, step: float | None) -> None
         raise ValueError("`step` cannot be combined with `log`")
     if step is not None:
         n = (high - low) / step
+        if not math.isfinite(n) or n > MAX_GRID_POINTS:
+            raise ValueError(
+                f"`step` {step} makes more than {MAX_GRID_POINTS:g} values in [{low}, {high}]"
+            )
         if abs(n - round(n)) > 1e-9 * max(1.0, abs(n)):
             raise ValueError(f"`step` {step} does not divide the range [{low}, {high}]")

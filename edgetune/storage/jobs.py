@@ -78,19 +78,31 @@ class JobRepository:
             return list(rows), count
 
     def request_cancel(self, job_id: str, *, tenant: str | None = None) -> Job:
-        """Cancel a queued job at once; ask the worker running a running job to stop it."""
+        """Cancel a queued job at once; ask the worker running a running job to stop it.
+
+        Both steps are compare-and-set updates, so a worker claiming the job at the same
+        moment either finds it cancelled or is asked to stop it, never neither.
+        """
+        job = self.get(job_id, tenant=tenant)
+        now = utcnow()
         with self._session() as session:
-            job = session.get(Job, job_id, with_for_update=True)
-            if job is None or (tenant is not None and job.tenant != tenant):
-                raise NotFoundError(f"job {job_id!r} not found")
-            if JobStatus(job.status).finished:
-                raise ConflictError(f"job {job_id!r} has already {job.status}")
-            job.cancel_requested = 1
-            if job.status == JobStatus.QUEUED:
-                job.status = JobStatus.CANCELLED.value
-                job.finished_at = utcnow()
-                job.error = "cancelled before it started"
-            return job
+            changed = session.execute(
+                update(Job)
+                .where(Job.id == job.id, Job.status == JobStatus.QUEUED.value)
+                .values(status=JobStatus.CANCELLED.value, finished_at=now, cancel_requested=1,
+                        error="cancelled before it started")
+                .execution_options(synchronize_session=False)
+            ).rowcount  # type: ignore[attr-defined]
+            changed += session.execute(
+                update(Job)
+                .where(Job.id == job.id, Job.status == JobStatus.RUNNING.value)
+                .values(cancel_requested=1)
+                .execution_options(synchronize_session=False)
+            ).rowcount  # type: ignore[attr-defined]
+        job = self.get(job_id, tenant=tenant)
+        if not changed:
+            raise ConflictError(f"job {job_id!r} has already {job.status}")
+        return job
 
     # --- the worker's side ---------------------------------------------------------------
     def claim(self, owner: str, *, lease_s: float) -> Job | None:

@@ -64,6 +64,32 @@ def test_malformed_and_oversized_bodies(client: TestClient) -> None:
                            headers={"content-type": "application/json"})
     assert response.status_code == 413
 
+    def chunked():  # no Content-Length: the limit holds while the body streams in
+        for _ in range(300):
+            yield b"x" * 10_000
+
+    response = client.post("/api/v1/jobs", content=chunked(),
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 413
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"name":"x","budget":{"timeout_s":1e400}}',
+        '{"name":"x","budget":{"timeout_s":NaN}}',
+        '{"name":"x","space":{"params":[{"type":"categorical","name":"kernel_size","choices":[Infinity]}]}}',
+        '{"name":"x","space":{"params":[{"type":"int","name":"depth","low":0,"high":1' + "0" * 400 + '}]}}',
+        '{"name":"x","space":{"params":[{"type":"float","name":"dropout","low":0,"high":1e15,"step":1e-300}]}}',
+        '{"name":"x","constraints":[{"metric":"params","op":"<=","bound":-Infinity}]}',
+    ],
+)
+def test_non_finite_and_huge_numbers_answer_422_not_500(client, body: str) -> None:
+    response = client.post("/api/v1/jobs", content=body,
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"][0] == "body"
+
 
 def test_list_paginates_and_filters(client: TestClient) -> None:
     ids = [submit(client).json()["id"] for _ in range(3)]

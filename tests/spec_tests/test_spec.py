@@ -62,7 +62,7 @@ def test_round_trips_through_json() -> None:
         ({"name": "x", "constraints": [{"metric": "size_bytes", "op": "<", "bound": 1}]},
          "constraints.0.op", "'<=' or '>='"),
         ({"name": "x", "constraints": [{"metric": "size_bytes", "op": "<=", "bound": "nan"}]},
-         "constraints.0", "finite"),
+         "constraints.0.bound", "finite number"),
         ({"name": "x", "space": {"name": "transformer"}}, "space.name", "unknown space"),
         ({"name": "x", "space": {"params": [{"type": "float", "name": "a", "low": 2,
                                              "high": 1}]}},

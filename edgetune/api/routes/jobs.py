@@ -271,7 +271,10 @@ def _public(rows: Sequence[Job], db: Database) -> list[JobPublic]:
 
 def _trials(db: Database, job: Job) -> list[FrozenTrial]:
     storage = optuna_storage(db.url)
-    study_id = storage.get_study_id_from_name(job.study_name)
+    try:
+        study_id = storage.get_study_id_from_name(job.study_name)
+    except KeyError as e:  # deleted outside edgetune (optuna-dashboard, `optuna delete-study`)
+        raise NotFoundError(f"the study of job {job.id!r} no longer exists") from e
     return storage.get_all_trials(study_id, deepcopy=False)
 
 

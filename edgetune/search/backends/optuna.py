@@ -16,6 +16,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any, Protocol
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from edgetune.search.constraints import violations
@@ -100,6 +101,19 @@ class OptunaBackend:
     def run(self, job: Job, spec: JobSpec, control: JobControl) -> JobOutcome:
         study = self._load_study(job, spec)
         self._fail_leftovers(study)
+        running: dict[int, _Running] = {}
+        try:
+            return self._run(job, spec, control, study, running)
+        except BaseException:
+            # Whatever broke (the database, a signal), no child may outlive this run and no
+            # trial may stay RUNNING.
+            self._stop_all(study, running, "the worker failed while the trial ran")
+            raise
+
+    def _run(
+        self, job: Job, spec: JobSpec, control: JobControl, study: optuna.Study,
+        running: dict[int, _Running],
+    ) -> JobOutcome:
         space = resolve_space(spec.space.name, spec.space.params)
         budget = spec.budget
         deadline = (
@@ -110,7 +124,6 @@ class OptunaBackend:
         counted = len(finished)
         succeeded = sum(1 for t in finished if t.state != TrialState.FAIL)
         report_to_pruner = spec.algorithm.pruner != "none"
-        running: dict[int, _Running] = {}
         last_heartbeat = time.monotonic()
 
         while True:
@@ -149,9 +162,9 @@ class OptunaBackend:
                 if run.conn in ready:
                     del running[number]
                     result = _receive(run)
-                    self._tell(study, run.trial, spec.metric_names, result)
+                    state = self._tell(study, run.trial, spec.metric_names, result)
                     counted += 1
-                    succeeded += result["state"] != "failed"
+                    succeeded += state != TrialState.FAIL
                     logger.info("job %s: trial %d %s", job.id, number, result["state"])
 
         return self._outcome(study, n_trials=budget.n_trials,
@@ -198,7 +211,12 @@ class OptunaBackend:
             target=run_trial_process, args=(task, sender), name=f"trial-{trial.number}",
             daemon=True,
         )
-        process.start()
+        try:
+            process.start()
+        except BaseException as e:
+            self._tell(study, trial, [], {"state": "failed", "infra": True,
+                                         "error": f"could not start the trial's process: {e}"})
+            raise
         sender.close()  # the child holds the only sending end: EOF means it is gone
         trial.set_user_attr("pid", process.pid)
         return _Running(trial=trial, process=process, conn=receiver)
@@ -206,7 +224,25 @@ class OptunaBackend:
     def _tell(
         self, study: optuna.Study, trial: optuna.Trial, metric_names: list[str],
         result: Mapping[str, Any],
-    ) -> None:
+    ) -> TrialState:
+        """Record the result on the trial and finish it; returns the state it ended in.
+
+        A trial that is already finished (another worker took the job over and failed it as
+        a leftover) is left as it is.
+        """
+        try:
+            return self._record(study, trial, metric_names, result)
+        except (UpdateFinishedTrialError, ValueError) as e:
+            current = study._storage.get_trial(trial._trial_id).state
+            if current.is_finished():
+                logger.warning("trial %d was already %s: %s", trial.number, current.name, e)
+                return current
+            raise
+
+    def _record(
+        self, study: optuna.Study, trial: optuna.Trial, metric_names: list[str],
+        result: Mapping[str, Any],
+    ) -> TrialState:
         metrics = {k: float(v) for k, v in result.get("metrics", {}).items()}
         for key, value in metrics.items():
             trial.set_user_attr(key, value)
@@ -219,25 +255,31 @@ class OptunaBackend:
                        if not math.isfinite(v)]
             if not missing:
                 study.tell(trial, values)
-                return
+                return TrialState.COMPLETE
             state, result = "failed", {"error": f"the trial did not measure {', '.join(missing)}"}
         if state == "pruned":
             study.tell(trial, state=TrialState.PRUNED)
-            return
+            return TrialState.PRUNED
         trial.set_user_attr(ERROR_ATTR, str(result.get("error")))
         if result.get("traceback"):
             trial.set_user_attr("traceback", str(result["traceback"])[-4000:])
         if result.get("infra"):
             trial.set_user_attr(INFRA_FAILURE_ATTR, True)
         study.tell(trial, state=TrialState.FAIL)
+        return TrialState.FAIL
 
     def _stop_all(self, study: optuna.Study, running: dict[int, _Running], reason: str) -> None:
         for run in running.values():
             run.process.kill()
-        for run in running.values():
+        for run in list(running.values()):
             run.process.join(timeout=10)
             run.conn.close()
-            self._tell(study, run.trial, [], {"state": "failed", "error": reason, "infra": True})
+            try:
+                self._tell(study, run.trial, [],
+                           {"state": "failed", "error": reason, "infra": True})
+            except Exception:
+                # The next owner of the job fails it as a leftover.
+                logger.exception("could not mark trial %d failed", run.trial.number)
         running.clear()
 
     def _fail_leftovers(self, study: optuna.Study) -> None:
