@@ -136,3 +136,25 @@ def test_constraints_reach_the_sampler_and_the_trial(setup) -> None:
     for t in study_of(jobs, job).get_trials():
         (violation,) = t.system_attrs["constraints"]
         assert violation == pytest.approx(t.user_attrs["size_bytes"] - 20000)
+
+
+def test_a_failing_worker_leaves_no_trial_running_and_no_child_alive(setup) -> None:
+    jobs, backend = setup
+    job, spec = make_job(jobs, trainer={"epochs": 200}, algorithm={"sampler": "random"},
+                         budget={"n_trials": 4, "parallelism": 2})
+    study = study_of(jobs, job)
+
+    class Broken(Control):
+        def cancel_requested(self) -> bool:
+            # The database goes away once both trials are running.
+            if len(study.get_trials(states=(TrialState.RUNNING,))) >= 2:
+                raise RuntimeError("database gone")
+            return False
+
+    with pytest.raises(RuntimeError, match="database gone"):
+        backend.run(job, spec, Broken())
+    trials = study.get_trials()
+    assert len(trials) == 2 and all(t.state == TrialState.FAIL for t in trials)
+    for t in trials:
+        with pytest.raises(ProcessLookupError):
+            os.kill(t.user_attrs["pid"], 0)
