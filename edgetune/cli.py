@@ -257,7 +257,8 @@ def show(job_id: str, server: ServerOpt = DEFAULT_SERVER) -> None:
     p = job.progress
     console.print(f"[bold]{job.name}[/bold] {job.id}: {job.status}")
     console.print(f"  trials: {p.complete} complete, {p.pruned} pruned, {p.failed} failed, "
-                  f"{p.running} running, of {p.n_trials}")
+                  f"{p.running} running, of {p.n_trials}"
+                  + (f" ({p.retried} retried after a worker stopped)" if p.retried else ""))
     console.print(f"  study: {job.study_name}")
     if job.error:
         console.print(f"  [red]error:[/red] {job.error}")
@@ -435,8 +436,10 @@ def watch_job(client: Any, job_id: str) -> JobPublic:
             for name, data in client.events(job_id):
                 if name == "progress":
                     done = data["complete"] + data["pruned"] + data["failed"]
+                    retried = f", {data['retried']} retried" if data.get("retried") else ""
                     detail = (f"{data['complete']} complete, {data['pruned']} pruned, "
-                              f"{data['failed']} failed, {data['running']} running{front}")
+                              f"{data['failed']} failed, {data['running']} running{retried}"
+                              f"{front}")
                     bar.update(task, description=data["status"], total=data["n_trials"],
                                completed=done, detail=detail)
                     _log_line(f"{data['status']}: {done}/{data['n_trials']} trials ({detail})")

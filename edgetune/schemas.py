@@ -17,8 +17,12 @@ class JobProgress(BaseModel):
     n_trials: int = Field(description="The trial budget.")
     complete: int = 0
     pruned: int = 0
-    failed: int = 0
+    failed: int = Field(default=0, description="Trials that failed by their parameters.")
     running: int = 0
+    retried: int = Field(
+        default=0, description="Trials failed by the infrastructure (a worker stopped or died); "
+        "run again, they do not use budget.",
+    )
 
     @property
     def finished(self) -> int:

@@ -69,6 +69,7 @@ class JobEventStream:
             "complete": counts.get("COMPLETE", 0),
             "pruned": counts.get("PRUNED", 0),
             "failed": counts.get("FAIL", 0),
+            "retried": counts.get("FAIL_INFRA", 0),
             "running": counts.get("RUNNING", 0),
         }
         if progress != self._progress:

@@ -13,24 +13,41 @@ from sqlalchemy import BindParameter, bindparam, text
 
 from edgetune.storage.db import Database
 
+#: User attribute that marks a trial failed by the infrastructure (see the Optuna backend).
+INFRA_FAILURE_KEY = "edgetune:infra_failure"
+
 
 def trial_state_counts(db: Database, study_names: Sequence[str]) -> dict[str, dict[str, int]]:
-    """{study name: {"COMPLETE": n, "RUNNING": n, ...}} in one query, however many trials."""
+    """{study name: {"COMPLETE": n, "RUNNING": n, ..., "FAIL_INFRA": n}} in two queries.
+
+    "FAIL" counts trials that failed by their parameters; "FAIL_INFRA" those failed because
+    their worker stopped or died, which are run again and do not use budget.
+    """
     counts: dict[str, dict[str, int]] = defaultdict(dict)
     if not study_names:
         return counts
     # Optuna's schema (tables `studies`, `trials`, column `state`) is stable across its
     # versions; counting in SQL avoids loading every trial of every listed job.
-    query = text(
+    states = text(
         "SELECT s.study_name, t.state, COUNT(*) FROM trials t "
         "JOIN studies s ON s.study_id = t.study_id "
         "WHERE s.study_name IN :names GROUP BY s.study_name, t.state"
     ).bindparams(bindparam("names", expanding=True))
+    infra = text(
+        "SELECT s.study_name, COUNT(*) FROM trials t "
+        "JOIN studies s ON s.study_id = t.study_id "
+        "JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
+        "WHERE s.study_name IN :names AND t.state = 'FAIL' AND a.key = :key "
+        "GROUP BY s.study_name"
+    ).bindparams(bindparam("names", expanding=True))
     with db.engine.connect() as conn:
-        for name, state, n in conn.execute(query, {"names": list(study_names)}):
+        for name, state, n in conn.execute(states, {"names": list(study_names)}):
             counts[name][str(state).rsplit(".", 1)[-1].upper()] = int(n)
+        for name, n in conn.execute(infra, {"names": list(study_names),
+                                            "key": INFRA_FAILURE_KEY}):
+            counts[name]["FAIL_INFRA"] = int(n)
+            counts[name]["FAIL"] = counts[name].get("FAIL", 0) - int(n)
     return counts
-
 
 
 @dataclass(frozen=True)

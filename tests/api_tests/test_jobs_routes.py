@@ -36,7 +36,7 @@ def test_create_answers_201_with_the_queued_job(client: TestClient) -> None:
     job = response.json()
     assert job["status"] == "queued" and job["spec"]["name"] == "api"
     assert job["progress"] == {"n_trials": 20, "complete": 0, "pruned": 0, "failed": 0,
-                               "running": 0}
+                               "running": 0, "retried": 0}
     assert client.get(f"/api/v1/jobs/{job['id']}").json()["id"] == job["id"]
 
 

@@ -16,6 +16,7 @@ from edgetune.search.backends.optuna import INFRA_FAILURE_ATTR
 from edgetune.search.trial_process import LatencySettings
 from edgetune.spec import JobSpec
 from edgetune.storage import JobRepository, JobStatus, open_database
+from edgetune.storage.trials import trial_state_counts
 
 pytestmark = pytest.mark.slow
 
@@ -124,6 +125,8 @@ def test_stop_hands_the_job_back_with_no_trial_left_running(setup) -> None:
     trials = study_of(jobs, job).get_trials()
     assert trials and all(t.state == TrialState.FAIL for t in trials)
     assert all(t.user_attrs[INFRA_FAILURE_ATTR] for t in trials)
+    counts = trial_state_counts(jobs.db, [job.study_name])[job.study_name]
+    assert counts.get("FAIL", 0) == 0 and counts["FAIL_INFRA"] == len(trials)
 
 
 def test_constraints_reach_the_sampler_and_the_trial(setup) -> None:

@@ -259,6 +259,7 @@ def _public(rows: Sequence[Job], db: Database) -> list[JobPublic]:
             complete=c.get("COMPLETE", 0),
             pruned=c.get("PRUNED", 0),
             failed=c.get("FAIL", 0),
+            retried=c.get("FAIL_INFRA", 0),
             running=c.get("RUNNING", 0),
         )
         out.append(JobPublic(

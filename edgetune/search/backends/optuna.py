@@ -31,12 +31,13 @@ from edgetune.search.trial_process import (
 from edgetune.spaces import resolve_space
 from edgetune.spec import JobSpec
 from edgetune.storage import Job, JobStatus, optuna_storage, utcnow
+from edgetune.storage.trials import INFRA_FAILURE_KEY
 
 logger = logging.getLogger(__name__)
 
 #: A failed trial carrying this user attribute failed because of the infrastructure (its worker
 #: stopped, the job was cancelled), not because of its parameters: it does not use up budget.
-INFRA_FAILURE_ATTR = "edgetune:infra_failure"
+INFRA_FAILURE_ATTR = INFRA_FAILURE_KEY
 #: A job stops starting trials when this many have ended and every one of them failed.
 MAX_INITIAL_FAILURES = 5
 ERROR_ATTR = "error"
