@@ -92,18 +92,8 @@ def front_figure(front: ParetoPublic, *, x: str | None = None, y: str | None = N
     FigureCanvasAgg(fig)
     fig.suptitle(_title(front))
     if not trials:
-        ax = fig.add_subplot()
-        ax.set_axis_off()
-        ax.text(
-            0.5,
-            0.5,
-            "no trials on this page" if front.n_complete else "no completed trials yet",
-            ha="center",
-            va="center",
-            fontsize=14,
-            color="0.4",
-            transform=ax.transAxes,
-        )
+        _say(fig.add_subplot(),
+             "no trials on this page" if front.n_complete else "no completed trials yet")
         return fig
 
     by_name = {o.name: o for o in front.objectives}
@@ -136,17 +126,7 @@ def hypervolume_figure(history: Sequence[tuple[int, float]]) -> Figure:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     if not history:
-        ax.set_axis_off()
-        ax.text(
-            0.5,
-            0.5,
-            "no finished trials yet",
-            ha="center",
-            va="center",
-            fontsize=14,
-            color="0.4",
-            transform=ax.transAxes,
-        )
+        _say(ax, "no finished trials yet")
         return fig
     ax.plot(
         range(1, len(history) + 1),
@@ -459,3 +439,10 @@ def _number(value: float | None) -> str:
     if math.isfinite(value) and value.is_integer() and abs(value) >= 1000:
         return f"{int(value):,}"
     return f"{value:.4g}"
+
+
+def _say(ax: Any, message: str) -> None:
+    """An empty panel that says why it is empty."""
+    ax.set_axis_off()
+    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=14, color="0.4",
+            transform=ax.transAxes)

@@ -264,19 +264,7 @@ _EXACT_HYPERVOLUME_MAX_POINTS_MANY = 8
 
 
 def _validate_reference(reference: npt.ArrayLike, n_objectives: int) -> npt.NDArray[np.float64]:
-    try:
-        ref = np.array(reference, dtype=np.float64, copy=True)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"reference must be numeric: {e}") from e
-    if ref.shape != (n_objectives,):
-        raise ValueError(
-            f"reference must have shape ({n_objectives},), one value per objective, "
-            f"but has shape {ref.shape}"
-        )
-    bad = np.flatnonzero(~np.isfinite(ref))
-    if bad.size:
-        raise ValueError(f"reference contains NaN or infinity at objective {int(bad[0])}")
-    return ref
+    return _validate_bound(reference, "reference", n_objectives)
 
 
 def _validate_points_and_reference(
