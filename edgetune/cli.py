@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from edgetune.errors import EdgetuneError
-from edgetune.schemas import JobPublic, ParetoPublic
+from edgetune.schemas import JobProgress, JobPublic, ParetoPublic
 from edgetune.spec import JobSpec
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -431,26 +431,24 @@ def watch_job(client: Any, job_id: str) -> JobPublic:
                TextColumn("{task.fields[detail]}"), TimeElapsedColumn())
     with Progress(*columns, console=console) as bar:
         task = bar.add_task("queued", total=None, detail="")
-        front = ""
+        counts = front = ""
         try:
             for name, data in client.events(job_id):
                 if name == "progress":
-                    done = data["complete"] + data["pruned"] + data["failed"]
-                    retried = f", {data['retried']} retried" if data.get("retried") else ""
-                    detail = (f"{data['complete']} complete, {data['pruned']} pruned, "
-                              f"{data['failed']} failed, {data['running']} running{retried}"
-                              f"{front}")
-                    bar.update(task, description=data["status"], total=data["n_trials"],
-                               completed=done, detail=detail)
-                    _log_line(f"{data['status']}: {done}/{data['n_trials']} trials ({detail})")
+                    p = JobProgress.model_validate(data)
+                    counts = (f"{p.complete} complete, {p.pruned} pruned, {p.failed} failed, "
+                              f"{p.running} running"
+                              + (f", {p.retried} retried" if p.retried else ""))
+                    bar.update(task, description=data["status"], total=p.n_trials,
+                               completed=p.finished, detail=counts + front)
+                    _log_line(f"{data['status']}: {p.finished}/{p.n_trials} trials "
+                              f"({counts}{front})")
                 elif name == "front":
                     hv = data["hypervolume"]
-                    front = (f"; front {len(data['trials'])} trials" +
-                             (f", hypervolume {hv:.4g}" if hv is not None else ""))
-                    bar.update(task, detail=str(bar.tasks[0].fields["detail"]).split(";")[0]
-                               + front)
-                    _log_line(f"front: trials {data['trials']}" +
-                              (f", hypervolume {hv:.4g}" if hv is not None else ""))
+                    hv_text = f", hypervolume {hv:.4g}" if hv is not None else ""
+                    front = f"; front {len(data['trials'])} trials{hv_text}"
+                    bar.update(task, detail=counts + front)
+                    _log_line(f"front: trials {data['trials']}{hv_text}")
                 elif name == "trial" and data["state"] == "fail":
                     bar.console.print(f"[red]trial {data['number']} failed:[/red] "
                                       f"{data.get('error')}")

@@ -169,7 +169,7 @@ def _title(front: ParetoPublic) -> str:
         f"Job {front.job_id}: {front.front_size} on the Pareto front "
         f"of {front.n_complete} completed trials"
     )
-    hypervolume = getattr(front, "hypervolume", None)
+    hypervolume = front.hypervolume
     if hypervolume is not None:
         title += f", hypervolume {hypervolume:.4g}"
     if len(front.data) < front.count:
@@ -246,7 +246,7 @@ def _draw_scatter(
         fig.colorbar(points, ax=ax, label=_label(colour_by))
 
     for t in front:
-        if getattr(t, "knee", False):
+        if t.knee:
             kx, ky = t.values[x.name], t.values[y.name]
             ax.scatter(
                 [kx],
@@ -332,7 +332,7 @@ def _draw_parallel(
     order = sorted(range(len(trials)), key=lambda i: trials[i].rank == 0)  # front drawn on top
     for i in order:
         t = trials[i]
-        if getattr(t, "knee", False):
+        if t.knee:
             ax.plot(positions, scaled[i], color=_KNEE_COLOUR, linewidth=2.2, zorder=4)
         elif t.rank == 0:
             ax.plot(positions, scaled[i], color=_FRONT_COLOUR, linewidth=1.2, alpha=0.8, zorder=3)
@@ -357,7 +357,7 @@ def _draw_parallel(
     ax.set_ylabel("normalized (1 = best seen)")
     ax.set_title("All objectives", fontsize=10)
     handles = [Line2D([], [], color=_FRONT_COLOUR, label="Pareto front")]
-    if any(getattr(t, "knee", False) for t in trials):
+    if any(t.knee for t in trials):
         handles.append(Line2D([], [], color=_KNEE_COLOUR, linewidth=2.2, label="knee"))
     if any(t.rank != 0 for t in trials):
         handles.append(Line2D([], [], color=_OTHER_COLOUR, label="dominated"))
@@ -394,8 +394,8 @@ def front_table_html(front: ParetoPublic, *, sha256: Mapping[int, str] | None = 
         header.append("artifact sha256")
     lines = ["<table>", "<tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>"]
     for t in rows:
-        knee = " (knee)" if getattr(t, "knee", False) else ""
-        contribution = getattr(t, "hv_contribution", None)
+        knee = " (knee)" if t.knee else ""
+        contribution = t.hv_contribution
         cells = [f'<td class="num">{t.number}{knee}</td>']
         cells += [
             f'<td class="num">{e(_number(t.values.get(o.name)))}</td>' for o in front.objectives

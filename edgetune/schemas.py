@@ -28,6 +28,18 @@ class JobProgress(BaseModel):
     def finished(self) -> int:
         return self.complete + self.pruned + self.failed
 
+    @classmethod
+    def from_counts(cls, n_trials: int, counts: dict[str, int]) -> JobProgress:
+        """From `storage.trials.trial_state_counts` for one study."""
+        return cls(
+            n_trials=n_trials,
+            complete=counts.get("COMPLETE", 0),
+            pruned=counts.get("PRUNED", 0),
+            failed=counts.get("FAIL", 0),
+            running=counts.get("RUNNING", 0),
+            retried=counts.get("FAIL_INFRA", 0),
+        )
+
 
 class JobPublic(BaseModel):
     id: str

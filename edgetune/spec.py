@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Iterable
 from typing import Annotated, Literal
@@ -69,11 +68,18 @@ def _repeated(names: Iterable[str]) -> list[str]:
     return sorted(n for n, c in counts.items() if c > 1)
 
 
-def _check_metric(metric: str, device: str | None) -> None:
+def _metric_device(metric: str, device: str | None) -> str | None:
+    """Check a metric name and its device; latency is on the built-in `local` by default."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; known metrics: {', '.join(METRICS)}")
     if device is not None and metric != "latency_ms":
         raise ValueError(f"`device` applies to latency_ms only, not to {metric!r}")
+    return LOCAL_DEVICE if metric == "latency_ms" and device is None else device
+
+
+def metric_key(metric: str, device: str | None) -> str:
+    """A metric's name as stored on trials: `latency_ms@device` for latency."""
+    return f"{metric}@{device}" if device else metric
 
 
 class ObjectiveSpec(_Spec):
@@ -85,17 +91,14 @@ class ObjectiveSpec(_Spec):
 
     @model_validator(mode="after")
     def _check(self) -> ObjectiveSpec:
-        _check_metric(self.name, self.device)
+        self.device = _metric_device(self.name, self.device)
         if self.direction is None:
             self.direction = METRICS[self.name]
-        if self.name == "latency_ms" and self.device is None:
-            self.device = LOCAL_DEVICE
         return self
 
     @property
     def key(self) -> str:
-        """The metric's name as stored on trials: `latency_ms@device` for latency."""
-        return f"{self.name}@{self.device}" if self.device else self.name
+        return metric_key(self.name, self.device)
 
 
 class ConstraintSpec(_Spec):
@@ -108,16 +111,12 @@ class ConstraintSpec(_Spec):
 
     @model_validator(mode="after")
     def _check(self) -> ConstraintSpec:
-        _check_metric(self.metric, self.device)
-        if not math.isfinite(self.bound):
-            raise ValueError(f"`bound` is {self.bound}, but must be a finite number")
-        if self.metric == "latency_ms" and self.device is None:
-            self.device = LOCAL_DEVICE
+        self.device = _metric_device(self.metric, self.device)
         return self
 
     @property
     def key(self) -> str:
-        return f"{self.metric}@{self.device}" if self.device else self.metric
+        return metric_key(self.metric, self.device)
 
     def violation(self, value: float) -> float:
         """How far `value` is outside the bound: <= 0 when feasible (Optuna's convention)."""

@@ -32,15 +32,12 @@ class MeasureConfig:
     min_repeats: int = 30
     min_time_s: float = 0.2
     max_time_s: float = 10.0
-    # Recorded for reference only: the batch size is the one the model was exported with.
-    batch_size: int = 1
 
     def __post_init__(self) -> None:
         _check_at_least("threads", self.threads, 1)
         _check_at_least("warmup", self.warmup, 0)
         _check_at_least("min_repeats", self.min_repeats, 1)
         _check_at_least("min_time_s", self.min_time_s, 0)
-        _check_at_least("batch_size", self.batch_size, 1)
         if not self.max_time_s > 0:
             raise ValueError(f"The value of `max_time_s` is {self.max_time_s}, but must be > 0.")
 
@@ -85,13 +82,6 @@ def measure_latency(
     if not shape or any(d < 1 for d in shape):
         raise ValueError(
             f"The value of `input_shape` is {shape}, but must be non-empty with sizes >= 1."
-        )
-    if config.batch_size != shape[0]:
-        logger.warning(
-            "MeasureConfig.batch_size is %d but the model's input has batch %d; measuring %d",
-            config.batch_size,
-            shape[0],
-            shape[0],
         )
     engine = get_runtime(runtime)
     inputs = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)

@@ -8,7 +8,6 @@ from edgetune.spec import ConstraintSpec
 
 #: Violation charged when a constrained metric was never measured (a trial pruned before it).
 UNMEASURED = 1e12
-METRICS_ATTR = "metrics"
 
 
 def violations(constraints: Sequence[ConstraintSpec], metrics: Mapping[str, float]) -> list[float]:

@@ -5,15 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from edgetune.schemas import JobProgress
 from edgetune.search.front import FrontView
 from edgetune.spec import JobSpec
 from edgetune.storage import Database, JobRepository, JobStatus
-from edgetune.storage.trials import (
-    completed_trials,
-    finished_trials,
-    trial_state_counts,
-    trial_user_attrs,
-)
+from edgetune.storage.trials import finished_trials, trial_state_counts, trial_user_attrs
 
 #: Seconds of silence after which the stream sends a comment, so proxies keep it open.
 KEEPALIVE_S = 15.0
@@ -46,10 +42,9 @@ class JobEventStream:
 
         ended = [row for row in finished_trials(self.db, job.study_name)
                  if row[0] not in self._seen]
-        if ended:
-            values = {}
-            if any(state == "COMPLETE" for _, _, state in ended):
-                values = {t.trial_id: t.values for t in completed_trials(self.db, job.study_name)}
+        ranked = self.front.ranked(job.study_name, spec) if ended or self._front is None else None
+        if ended and ranked is not None:
+            values = dict(zip(ranked.trial_ids, ranked.values.tolist(), strict=True))
             errors = trial_user_attrs(
                 self.db, [i for i, _, state in ended if state == "FAIL"], keys=["error"]
             )
@@ -63,34 +58,18 @@ class JobEventStream:
                 events.append(self._event("trial", data))
 
         counts = trial_state_counts(self.db, [job.study_name]).get(job.study_name, {})
-        progress = {
-            "status": job.status,
-            "n_trials": spec.budget.n_trials,
-            "complete": counts.get("COMPLETE", 0),
-            "pruned": counts.get("PRUNED", 0),
-            "failed": counts.get("FAIL", 0),
-            "retried": counts.get("FAIL_INFRA", 0),
-            "running": counts.get("RUNNING", 0),
-        }
+        progress = {"status": job.status,
+                    **JobProgress.from_counts(spec.budget.n_trials, counts).model_dump()}
         if progress != self._progress:
             self._progress = progress
             events.append(self._event("progress", progress))
 
-        if ended or self._front is None:
-            ranked = self.front.ranked(job.study_name, spec)
-            numbers = sorted(
-                ranked.numbers[i] for i in range(len(ranked.numbers))
-                if ranked.on_front[i] and ranked.violation[i] <= 0
-            )
-            if numbers != self._front:
-                self._front = numbers
-                reference = {o.name: float(-v if o.direction == "maximize" else v)
-                             for o, v in zip(ranked.objectives, ranked.reference, strict=True)
-                             if v == v}  # NaN before any trial completed
-                events.append(self._event("front", {
-                    "trials": numbers, "hypervolume": ranked.hypervolume,
-                    "reference_point": reference,
-                }))
+        if ranked is not None and (numbers := ranked.feasible_front()) != self._front:
+            self._front = numbers
+            events.append(self._event("front", {
+                "trials": numbers, "hypervolume": ranked.hypervolume,
+                "reference_point": ranked.reference_point(),
+            }))
 
         finished = JobStatus(job.status).finished
         if finished:

@@ -99,6 +99,19 @@ class RankedFront:
         crowding[members] = crowding_distance(self.lower_better[members])
         return crowding
 
+    def reference_point(self) -> dict[str, float]:
+        """The reference point in the user's orientation (a maximized objective's floor)."""
+        out = {}
+        for o, v in zip(self.objectives, self.reference, strict=True):
+            if math.isfinite(v):
+                out[o.name] = float(-v if o.direction == "maximize" else v)
+        return out
+
+    def feasible_front(self) -> list[int]:
+        """Trial numbers on the feasible Pareto front."""
+        members = np.flatnonzero(self.on_front & (self.violation <= 0))
+        return sorted(self.numbers[i] for i in members)
+
     def order(self, ranks: npt.NDArray[np.int64], members: npt.NDArray[np.intp]) -> list[int]:
         """`members` by rank, then by the objectives (lower is better)."""
         return sorted(members.tolist(), key=lambda i: (int(ranks[i]), *self.lower_better[i]))
@@ -172,7 +185,7 @@ class FrontView:
         return ParetoPublic(
             job_id=job_id,
             objectives=r.objectives,
-            reference_point=_user_reference(r),
+            reference_point=r.reference_point(),
             hypervolume=r.hypervolume,
             data=data,
             count=len(selected),
@@ -203,7 +216,7 @@ class FrontView:
                 trial_number=r.numbers[i], completed_at=r.completed_at[i], hypervolume=volume,
             ))
         return HypervolumePublic(
-            job_id=job_id, objectives=r.objectives, reference_point=_user_reference(r),
+            job_id=job_id, objectives=r.objectives, reference_point=r.reference_point(),
             data=history,
         )
 
@@ -286,15 +299,6 @@ def _objective_keys(spec: JobSpec, objectives: Sequence[str] | None) -> list[str
     if len(set(keys)) != len(keys):
         raise ValueError("each objective may be named once")
     return keys
-
-
-def _user_reference(r: RankedFront) -> dict[str, float]:
-    """The reference point in the user's orientation (a maximized objective's floor)."""
-    out = {}
-    for o, v in zip(r.objectives, r.reference, strict=True):
-        if math.isfinite(v):
-            out[o.name] = float(-v if o.direction == "maximize" else v)
-    return out
 
 
 def _dominated_or_equal(point: npt.NDArray[np.float64], front: npt.NDArray[np.float64]) -> bool:

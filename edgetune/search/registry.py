@@ -7,7 +7,7 @@ that cannot run is refused at submission instead of failing in a worker.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -44,7 +44,6 @@ class PrunerEntry:
     build: Callable[[], optuna.pruners.BasePruner]
     multi_objective: bool = False
     backends: tuple[str, ...] = ("optuna",)
-    options: dict[str, object] = field(default_factory=dict)
 
 
 SAMPLERS: dict[str, SamplerEntry] = {}

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgetune.devices import MeasureConfig
 from edgetune.errors import TrialFailed, TrialPruned
 from edgetune.spaces import ParamValue
 from edgetune.spec import JobSpec
@@ -31,14 +32,6 @@ PRELOAD = [
 
 
 @dataclass(frozen=True)
-class LatencySettings:
-    threads: int = 1
-    warmup: int = 10
-    min_repeats: int = 30
-    min_time_s: float = 0.2
-
-
-@dataclass(frozen=True)
 class TrialTask:
     """Everything a child needs; plain data, so it crosses the process boundary as is."""
 
@@ -50,7 +43,7 @@ class TrialTask:
     spec_json: str
     artifact_dir: str
     report_to_pruner: bool
-    latency: LatencySettings
+    latency: MeasureConfig
 
 
 def run_trial_process(task: TrialTask, conn: Any) -> None:
@@ -72,7 +65,7 @@ def run_trial_process(task: TrialTask, conn: Any) -> None:
 
 
 def _run(task: TrialTask) -> dict[str, Any]:
-    from edgetune.devices import MeasureConfig, default_runtime, measure_latency
+    from edgetune.devices import default_runtime, measure_latency
     from edgetune.trainers import get_trainer_class
     from edgetune.trainers.export import count_params, export_model
 
@@ -100,15 +93,9 @@ def _run(task: TrialTask) -> dict[str, Any]:
     }
     for device in spec.devices:
         # Only the built-in `local` device exists so far; it measures in this process.
-        config = MeasureConfig(
-            threads=task.latency.threads,
-            warmup=task.latency.warmup,
-            min_repeats=task.latency.min_repeats,
-            min_time_s=task.latency.min_time_s,
-        )
         latency = measure_latency(
             artifact.path, runtime=runtime, input_shape=tuple(fit.example_input.shape),
-            config=config,
+            config=task.latency,
         )
         metrics[f"latency_ms@{device}"] = latency.p50_ms
         attrs[f"latency@{device}"] = latency.as_dict()

@@ -10,9 +10,9 @@ import threading
 import uuid
 from types import FrameType
 
+from edgetune.devices import MeasureConfig
 from edgetune.errors import StorageError
 from edgetune.search.backends import JobOutcome, OptunaBackend
-from edgetune.search.trial_process import LatencySettings
 from edgetune.settings import Settings
 from edgetune.spec import JobSpec
 from edgetune.storage import Job, JobRepository, JobStatus, open_database
@@ -60,7 +60,7 @@ class Worker:
         self.backend = OptunaBackend(
             storage_url=self.db.url,
             artifact_dir=str(settings.artifact_dir),
-            latency=LatencySettings(
+            latency=MeasureConfig(
                 threads=settings.latency_threads,
                 warmup=settings.latency_warmup,
                 min_repeats=settings.latency_min_repeats,

@@ -13,7 +13,8 @@ from sqlalchemy import BindParameter, bindparam, text
 
 from edgetune.storage.db import Database
 
-#: User attribute that marks a trial failed by the infrastructure (see the Optuna backend).
+#: A failed trial carrying this user attribute failed because of the infrastructure (its worker
+#: stopped, the job was cancelled), not because of its parameters: it does not use up budget.
 INFRA_FAILURE_KEY = "edgetune:infra_failure"
 
 
@@ -42,7 +43,7 @@ def trial_state_counts(db: Database, study_names: Sequence[str]) -> dict[str, di
     ).bindparams(bindparam("names", expanding=True))
     with db.engine.connect() as conn:
         for name, state, n in conn.execute(states, {"names": list(study_names)}):
-            counts[name][str(state).rsplit(".", 1)[-1].upper()] = int(n)
+            counts[name][_state(state)] = int(n)
         for name, n in conn.execute(infra, {"names": list(study_names),
                                             "key": INFRA_FAILURE_KEY}):
             counts[name]["FAIL_INFRA"] = int(n)
@@ -128,6 +129,11 @@ def trial_params(db: Database, trial_ids: Sequence[int]) -> dict[int, dict[str, 
     return out
 
 
+def _state(raw: object) -> str:
+    # Optuna stores TrialState's name, e.g. "COMPLETE"; some drivers hand back the enum.
+    return str(raw).rsplit(".", 1)[-1].upper()
+
+
 def _utc(moment: datetime | str | None) -> datetime | None:
     # Optuna stores naive UTC datetimes; through a text query SQLite hands back strings.
     if moment is None:
@@ -160,4 +166,4 @@ def finished_trials(db: Database, study_name: str) -> list[tuple[int, int, str]]
             ),
             {"name": study_name},
         ).all()
-    return [(int(i), int(n), str(state).rsplit(".", 1)[-1].upper()) for i, n, state in rows]
+    return [(int(i), int(n), _state(state)) for i, n, state in rows]

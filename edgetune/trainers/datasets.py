@@ -49,7 +49,8 @@ def load_image_dataset(
         x, y = _load_mnist(data_dir)
     else:
         raise TrialFailed(f"unknown dataset {name!r}; known: {', '.join(IMAGE_DATASETS)}")
-    return _split(x, y, val_fraction=val_fraction, seed=seed)
+    x_train, x_val, y_train, y_val = _split_arrays(x, y, val_fraction=val_fraction, seed=seed)
+    return ImageData(x_train, y_train, x_val, y_val, n_classes=int(y.max()) + 1)
 
 
 @dataclass(frozen=True)
@@ -138,11 +139,6 @@ def _synthetic(
         random_state=seed,
     )
     return x, y
-
-
-def _split(x: np.ndarray, y: np.ndarray, *, val_fraction: float, seed: int) -> ImageData:
-    x_train, x_val, y_train, y_val = _split_arrays(x, y, val_fraction=val_fraction, seed=seed)
-    return ImageData(x_train, y_train, x_val, y_val, n_classes=int(y.max()) + 1)
 
 
 def _split_arrays(

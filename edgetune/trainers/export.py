@@ -16,13 +16,11 @@ from pathlib import Path
 import torch
 
 from edgetune.errors import MissingDependencyError
+from edgetune.storage.artifacts import ARTIFACT_FORMATS, artifact_path
 
 __all__ = ["ARTIFACT_FORMATS", "Artifact", "count_params", "export_model"]
 
 logger = logging.getLogger(__name__)
-
-#: Artifact format -> file extension.
-ARTIFACT_FORMATS: dict[str, str] = {"onnx": "onnx", "torchscript": "pt"}
 
 
 @dataclass(frozen=True)
@@ -76,7 +74,7 @@ def export_model(
     sha256 = hashlib.sha256(data).hexdigest()
     artifact_dir = Path(artifact_dir)
     artifact_dir.mkdir(parents=True, exist_ok=True)
-    path = artifact_dir / f"{sha256}.{ARTIFACT_FORMATS[format]}"
+    path = artifact_path(artifact_dir, sha256, format)
     if _holds(path, sha256, len(data)):
         logger.debug("artifact %s already exported; reusing it", path.name)
     else:

@@ -120,7 +120,6 @@ def test_torchscript_on_cuda(artifacts: dict[str, Path]) -> None:
         ("min_time_s", -0.1),
         ("min_time_s", float("nan")),
         ("max_time_s", 0.0),
-        ("batch_size", 0),
     ],
 )
 def test_bad_config_names_the_field(field: str, value: float) -> None:

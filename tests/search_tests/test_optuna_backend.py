@@ -11,12 +11,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from edgetune.devices import MeasureConfig
 from edgetune.search.backends import OptunaBackend
-from edgetune.search.backends.optuna import INFRA_FAILURE_ATTR
-from edgetune.search.trial_process import LatencySettings
 from edgetune.spec import JobSpec
 from edgetune.storage import JobRepository, JobStatus, open_database
-from edgetune.storage.trials import trial_state_counts
+from edgetune.storage.trials import INFRA_FAILURE_KEY, trial_state_counts
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +40,7 @@ def setup(tmp_path):
     db = open_database(f"sqlite:///{tmp_path / 'edgetune.db'}")
     backend = OptunaBackend(
         storage_url=db.url, artifact_dir=str(tmp_path / "artifacts"),
-        latency=LatencySettings(min_repeats=5, min_time_s=0.0), poll_interval_s=0.1,
+        latency=MeasureConfig(min_repeats=5, min_time_s=0.0), poll_interval_s=0.1,
     )
     yield JobRepository(db), backend
     db.dispose()
@@ -111,7 +110,7 @@ def test_leftover_running_trials_are_failed_and_do_not_use_budget(setup) -> None
     assert outcome.status == JobStatus.SUCCEEDED
     trials = sorted(study_of(jobs, job).get_trials(), key=lambda t: t.number)
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
-    assert trials[0].user_attrs[INFRA_FAILURE_ATTR] is True
+    assert trials[0].user_attrs[INFRA_FAILURE_KEY] is True
 
 
 def test_stop_hands_the_job_back_with_no_trial_left_running(setup) -> None:
@@ -124,7 +123,7 @@ def test_stop_hands_the_job_back_with_no_trial_left_running(setup) -> None:
     assert outcome.status is None
     trials = study_of(jobs, job).get_trials()
     assert trials and all(t.state == TrialState.FAIL for t in trials)
-    assert all(t.user_attrs[INFRA_FAILURE_ATTR] for t in trials)
+    assert all(t.user_attrs[INFRA_FAILURE_KEY] for t in trials)
     counts = trial_state_counts(jobs.db, [job.study_name])[job.study_name]
     assert counts.get("FAIL", 0) == 0 and counts["FAIL_INFRA"] == len(trials)
 

@@ -168,8 +168,8 @@ class Control:
 
 @pytest.mark.slow
 def test_a_whole_job_runs_on_the_optuna_backend(tmp_path) -> None:
+    from edgetune.devices import MeasureConfig
     from edgetune.search.backends import OptunaBackend
-    from edgetune.search.trial_process import LatencySettings
     from edgetune.search.validation import validate_job_spec
     from edgetune.storage import JobRepository, JobStatus, open_database
 
@@ -188,7 +188,7 @@ def test_a_whole_job_runs_on_the_optuna_backend(tmp_path) -> None:
         jobs = JobRepository(db)
         backend = OptunaBackend(
             storage_url=db.url, artifact_dir=str(tmp_path / "artifacts"),
-            latency=LatencySettings(min_repeats=5, min_time_s=0.0), poll_interval_s=0.1,
+            latency=MeasureConfig(min_repeats=5, min_time_s=0.0), poll_interval_s=0.1,
         )
         jobs.create(spec)
         job = jobs.claim("test", lease_s=600)

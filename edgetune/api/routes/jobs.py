@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -30,14 +29,13 @@ from edgetune.search.events import KEEPALIVE_S, JobEventStream
 from edgetune.search.front import trial_metrics
 from edgetune.spec import JobSpec
 from edgetune.storage import Database, Job, optuna_storage
+from edgetune.storage.artifacts import artifact_path
 from edgetune.storage.trials import trial_state_counts
 
 from ..deps import DatabaseDep, FrontDep, JobsDep, SettingsDep
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
-SHA256 = re.compile(r"[0-9a-f]{64}")
-ARTIFACT_EXTENSIONS = {"onnx": "onnx", "torchscript": "pt"}
 
 _ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorPublic}}
 Offset = Annotated[int, Query(ge=0, le=10_000_000)]
@@ -106,10 +104,7 @@ def list_trials(
 @router.get("/{job_id}/trials/{number}", response_model=TrialPublic, responses=_ERRORS)
 def get_trial(job_id: str, number: int, jobs: JobsDep, db: DatabaseDep) -> TrialPublic:
     job = jobs.get(job_id)
-    for t in _trials(db, job):
-        if t.number == number:
-            return _trial_public(t, JobSpec.model_validate_json(job.spec))
-    raise NotFoundError(f"job {job_id!r} has no trial {number}")
+    return _trial_public(_trial(db, job, number), JobSpec.model_validate_json(job.spec))
 
 
 Objectives = Annotated[
@@ -175,23 +170,21 @@ def get_artifact(
 ) -> FileResponse:
     """The trial's exported model (ONNX or TorchScript), named by its sha256."""
     job = jobs.get(job_id)
-    for t in _trials(db, job):
-        if t.number == number:
-            artifact = t.user_attrs.get("artifact") or {}
-            sha = str(artifact.get("sha256", ""))
-            ext = ARTIFACT_EXTENSIONS.get(str(artifact.get("format")))
-            # The file name comes from the hash the worker recorded, never from the request.
-            if not SHA256.fullmatch(sha) or ext is None:
-                break
-            path = settings.artifact_dir / f"{sha}.{ext}"
-            if not path.is_file():
-                raise NotFoundError(f"the artifact of trial {number} is no longer stored")
-            return FileResponse(
-                path, media_type="application/octet-stream",
-                filename=f"{job.name}-trial{number}.{ext}",
-                headers={"X-Artifact-Sha256": sha},
-            )
-    raise NotFoundError(f"job {job_id!r} has no trial {number} with an artifact")
+    artifact = _trial(db, job, number).user_attrs.get("artifact") or {}
+    try:
+        # The file name comes from the hash the worker recorded, never from the request.
+        path = artifact_path(settings.artifact_dir, str(artifact.get("sha256", "")),
+                             str(artifact.get("format")))
+    except ValueError as e:
+        raise NotFoundError(f"trial {number} of job {job_id!r} has no artifact") from e
+    if not path.is_file():
+        raise NotFoundError(f"the artifact of trial {number} is no longer stored")
+    return FileResponse(
+        path, media_type="application/octet-stream",
+        filename=f"{job.name}-trial{number}{path.suffix}",
+        headers={"X-Artifact-Sha256": str(artifact["sha256"])},
+    )
+
 
 
 @router.get(
@@ -253,15 +246,8 @@ def _public(rows: Sequence[Job], db: Database) -> list[JobPublic]:
     out = []
     for job in rows:
         spec = JobSpec.model_validate_json(job.spec)
-        c = counts.get(job.study_name, {})
-        progress = JobProgress(
-            n_trials=spec.budget.n_trials,
-            complete=c.get("COMPLETE", 0),
-            pruned=c.get("PRUNED", 0),
-            failed=c.get("FAIL", 0),
-            retried=c.get("FAIL_INFRA", 0),
-            running=c.get("RUNNING", 0),
-        )
+        progress = JobProgress.from_counts(spec.budget.n_trials,
+                                           counts.get(job.study_name, {}))
         out.append(JobPublic(
             id=job.id, name=job.name, status=job.status,  # type: ignore[arg-type]
             study_name=job.study_name, created_at=job.created_at, started_at=job.started_at,
@@ -270,13 +256,24 @@ def _public(rows: Sequence[Job], db: Database) -> list[JobPublic]:
     return out
 
 
-def _trials(db: Database, job: Job) -> list[FrozenTrial]:
-    storage = optuna_storage(db.url)
+def _study_id(db: Database, job: Job) -> int:
     try:
-        study_id = storage.get_study_id_from_name(job.study_name)
+        return optuna_storage(db.url).get_study_id_from_name(job.study_name)
     except KeyError as e:  # deleted outside edgetune (optuna-dashboard, `optuna delete-study`)
         raise NotFoundError(f"the study of job {job.id!r} no longer exists") from e
-    return storage.get_all_trials(study_id, deepcopy=False)
+
+
+def _trials(db: Database, job: Job) -> list[FrozenTrial]:
+    return optuna_storage(db.url).get_all_trials(_study_id(db, job), deepcopy=False)
+
+
+def _trial(db: Database, job: Job, number: int) -> FrozenTrial:
+    storage = optuna_storage(db.url)
+    try:
+        trial_id = storage.get_trial_id_from_study_id_trial_number(_study_id(db, job), number)
+    except KeyError as e:
+        raise NotFoundError(f"job {job.id!r} has no trial {number}") from e
+    return storage.get_trial(trial_id)
 
 
 def _trial_public(t: FrozenTrial, spec: JobSpec) -> TrialPublic:

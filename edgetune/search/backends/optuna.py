@@ -19,12 +19,12 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
+from edgetune.devices import MeasureConfig
 from edgetune.search.constraints import violations
 from edgetune.search.registry import PRUNERS, SAMPLERS, SamplerContext
 from edgetune.search.space import suggest
 from edgetune.search.trial_process import (
     PRELOAD,
-    LatencySettings,
     TrialTask,
     run_trial_process,
 )
@@ -35,9 +35,6 @@ from edgetune.storage.trials import INFRA_FAILURE_KEY
 
 logger = logging.getLogger(__name__)
 
-#: A failed trial carrying this user attribute failed because of the infrastructure (its worker
-#: stopped, the job was cancelled), not because of its parameters: it does not use up budget.
-INFRA_FAILURE_ATTR = INFRA_FAILURE_KEY
 #: A job stops starting trials when this many have ended and every one of them failed.
 MAX_INITIAL_FAILURES = 5
 ERROR_ATTR = "error"
@@ -87,7 +84,7 @@ class OptunaBackend:
         *,
         storage_url: str,
         artifact_dir: str,
-        latency: LatencySettings,
+        latency: MeasureConfig,
         poll_interval_s: float = 0.5,
         heartbeat_interval_s: float = 5.0,
         context: BaseContext | None = None,
@@ -166,7 +163,7 @@ class OptunaBackend:
                     state = self._tell(study, run.trial, spec.metric_names, result)
                     counted += 1
                     succeeded += state != TrialState.FAIL
-                    logger.info("job %s: trial %d %s", job.id, number, result["state"])
+                    logger.info("job %s: trial %d %s", job.id, number, state.name.lower())
 
         return self._outcome(study, n_trials=budget.n_trials,
                              timed_out=deadline is not None and utcnow() >= deadline)
@@ -265,7 +262,7 @@ class OptunaBackend:
         if result.get("traceback"):
             trial.set_user_attr("traceback", str(result["traceback"])[-4000:])
         if result.get("infra"):
-            trial.set_user_attr(INFRA_FAILURE_ATTR, True)
+            trial.set_user_attr(INFRA_FAILURE_KEY, True)
         study.tell(trial, state=TrialState.FAIL)
         return TrialState.FAIL
 
@@ -288,7 +285,7 @@ class OptunaBackend:
         # died: it failed through no fault of its parameters and is run again.
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             study._storage.set_trial_user_attr(t._trial_id, ERROR_ATTR, "its worker died")
-            study._storage.set_trial_user_attr(t._trial_id, INFRA_FAILURE_ATTR, True)
+            study._storage.set_trial_user_attr(t._trial_id, INFRA_FAILURE_KEY, True)
             study.tell(t.number, state=TrialState.FAIL)
             logger.warning("trial %d of %s was left running; marked failed", t.number,
                            study.study_name)
@@ -317,7 +314,7 @@ class OptunaBackend:
 def _counts(t: optuna.trial.FrozenTrial) -> bool:
     """Whether a finished trial uses up budget (infrastructure failures do not)."""
     if t.state == TrialState.FAIL:
-        return not t.user_attrs.get(INFRA_FAILURE_ATTR, False)
+        return not t.user_attrs.get(INFRA_FAILURE_KEY, False)
     return t.state in (TrialState.COMPLETE, TrialState.PRUNED)
 
 

@@ -12,9 +12,11 @@ from alembic.util import CommandError
 from sqlalchemy import Engine
 
 from edgetune.errors import StorageError
+from edgetune.storage.models import PREFIX
 
 HERE = Path(__file__).parent
-VERSION_TABLE = "edgetune_alembic_version"
+#: Our own Alembic version table: Optuna's migrations use `alembic_version`.
+VERSION_TABLE = f"{PREFIX}alembic_version"
 
 
 def alembic_config(url: str) -> Config:

@@ -6,9 +6,8 @@ from alembic import context
 from sqlalchemy import Connection
 
 from edgetune.storage.db import make_engine
+from edgetune.storage.migrations import VERSION_TABLE
 from edgetune.storage.models import PREFIX, Base
-
-VERSION_TABLE = f"{PREFIX}alembic_version"  # Optuna's own migrations use `alembic_version`
 
 
 def _ours(name: str | None, type_: str, _parent: object) -> bool:
