@@ -12,7 +12,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import numpy as np
 import numpy.typing as npt
@@ -44,6 +44,7 @@ from edgetune.storage.trials import (
 )
 
 _CACHE_SIZE = 64
+_EARLIEST = datetime.min.replace(tzinfo=UTC)  # completion times are aware (UTC)
 
 
 def trial_metrics(attrs: dict[str, object]) -> dict[str, float]:
@@ -202,7 +203,7 @@ class FrontView:
         """Hypervolume of the feasible front after each completed trial, in completion order."""
         r = self.ranked(study_name, spec, objectives=objectives, reference=reference)
         order = sorted(range(len(r.numbers)),
-                       key=lambda i: (r.completed_at[i] or datetime.min, r.numbers[i]))
+                       key=lambda i: (r.completed_at[i] or _EARLIEST, r.numbers[i]))
         history: list[HypervolumePoint] = []
         front = np.empty((0, r.lower_better.shape[1]))
         volume = 0.0
