@@ -20,6 +20,8 @@ METRICS: dict[str, Direction] = {
     "latency_ms": "minimize",
     "size_bytes": "minimize",
     "params": "minimize",
+    "flops": "minimize",  # of one forward pass at batch size 1, by torch's flop counter
+    "sparsity": "maximize",  # share of zero weights
 }
 LOCAL_DEVICE = "local"
 

@@ -11,7 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edgetune import __version__
 from edgetune.api.errors import install_error_handlers
-from edgetune.api.routes import health, jobs
+from edgetune.api.routes import artifacts, health, jobs
 from edgetune.search.front import FrontView
 from edgetune.settings import Settings
 from edgetune.storage import open_database
@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(health.router)
     api.include_router(jobs.router)
+    api.include_router(artifacts.router)
     app.include_router(api)
     return app
 

@@ -1,4 +1,4 @@
-"""Sampling a resolved space through an Optuna trial (define-by-run, so conditions fit later)."""
+"""Sampling a resolved space through an Optuna trial (define-by-run, so that conditions fit)."""
 
 from __future__ import annotations
 
@@ -19,9 +19,17 @@ if TYPE_CHECKING:
 
 
 def suggest(trial: optuna.Trial, params: Sequence[Param]) -> dict[str, ParamValue]:
-    """Ask `trial` for a value of every parameter; fixed parameters pass through as they are."""
+    """Ask `trial` for a value of every active parameter; fixed parameters pass through.
+
+    `params` must come in the order `resolve_space` gives, each after the parameter its
+    condition names. A parameter is active when it has no condition, or when its condition's
+    parameter was sampled (was itself active) and took one of the condition's values; the
+    result holds the active parameters only.
+    """
     values: dict[str, ParamValue] = {}
     for p in params:
+        if p.condition is not None and not p.condition.holds(values):
+            continue
         if isinstance(p, FloatParam):
             values[p.name] = trial.suggest_float(p.name, p.low, p.high, log=p.log, step=p.step)
         elif isinstance(p, IntParam):
@@ -33,3 +41,26 @@ def suggest(trial: optuna.Trial, params: Sequence[Param]) -> dict[str, ParamValu
         else:  # pragma: no cover - the Param union is closed
             raise TypeError(f"unknown parameter type {type(p).__name__}")
     return values
+
+
+def to_optuna_distributions(
+    params: Sequence[Param],
+) -> dict[str, optuna.distributions.BaseDistribution]:
+    """The Optuna distribution of each searched parameter; fixed ones are left out, since
+    Optuna never samples them. Conditions are not part of a distribution."""
+    from optuna.distributions import (
+        BaseDistribution,
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
+    distributions: dict[str, BaseDistribution] = {}
+    for p in params:
+        if isinstance(p, FloatParam):
+            distributions[p.name] = FloatDistribution(p.low, p.high, log=p.log, step=p.step)
+        elif isinstance(p, IntParam):
+            distributions[p.name] = IntDistribution(p.low, p.high, log=p.log, step=p.step)
+        elif isinstance(p, CategoricalParam):
+            distributions[p.name] = CategoricalDistribution(p.choices)
+    return distributions

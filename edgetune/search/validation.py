@@ -36,6 +36,7 @@ def validate_job_spec(spec: JobSpec) -> None:
             )
     if not params:
         raise InvalidSpecError("space", "the space has no parameters to search")
+    trainer_cls.validate_space(params)
 
     algorithm = spec.algorithm
     sampler = SAMPLERS.get(algorithm.sampler)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -13,12 +14,33 @@ MAX_CHOICES = 10_000
 #: Bounds beyond this cannot be sampled as floats without losing integers (2**53).
 MAX_MAGNITUDE = 2.0**53
 MAX_GRID_POINTS = 1e15
+#: A value a user writes: a choice, a fixed value, a value a condition waits for.
+Choice = Annotated[str, Field(max_length=256)] | bool | int | float
+
+
+class Condition(BaseModel):
+    """When a parameter exists: only if `param` was sampled and took one of `values`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    param: str = Field(pattern=NAME_PATTERN, description="The parameter this one depends on.")
+    values: list[Choice] = Field(min_length=1, max_length=MAX_CHOICES)
+
+    def holds(self, values: Mapping[str, ParamValue]) -> bool:
+        """True when `values` (the parameters sampled so far) has `param` at one of `values`."""
+        if self.param not in values:
+            return False
+        sampled = values[self.param]
+        return any(_same_value(sampled, v) for v in self.values)
 
 
 class _Param(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: str = Field(pattern=NAME_PATTERN, description="Parameter name, as the trainer reads it.")
+    condition: Condition | None = Field(
+        default=None, description="Sample this parameter only when the condition holds."
+    )
 
 
 class FloatParam(_Param):
@@ -35,6 +57,10 @@ class FloatParam(_Param):
         _check_range(self.low, self.high, self.log, self.step)
         return self
 
+    def can_take(self, value: ParamValue) -> bool:
+        """Whether sampling this parameter can give `value`."""
+        return _on_grid(value, self.low, self.high, self.step)
+
 
 class IntParam(_Param):
     """An integer in [low, high], optionally on a log scale or every `step`."""
@@ -50,14 +76,16 @@ class IntParam(_Param):
         _check_range(self.low, self.high, self.log, None if self.step == 1 else self.step)
         return self
 
+    def can_take(self, value: ParamValue) -> bool:
+        """Whether sampling this parameter can give `value`."""
+        return _on_grid(value, self.low, self.high, self.step)
+
 
 class CategoricalParam(_Param):
     """One of a list of choices (numbers, strings or booleans)."""
 
     type: Literal["categorical"] = "categorical"
-    choices: list[Annotated[str, Field(max_length=256)] | bool | int | float] = Field(
-        min_length=1, max_length=MAX_CHOICES
-    )
+    choices: list[Choice] = Field(min_length=1, max_length=MAX_CHOICES)
 
     @model_validator(mode="after")
     def _check(self) -> CategoricalParam:
@@ -71,17 +99,46 @@ class CategoricalParam(_Param):
             seen.add(key)
         return self
 
+    def can_take(self, value: ParamValue) -> bool:
+        """Whether sampling this parameter can give `value`."""
+        return any(_same_value(value, choice) for choice in self.choices)
+
 
 class FixedParam(_Param):
     """A parameter held at one value: narrows a built-in space without searching it."""
 
     type: Literal["fixed"] = "fixed"
-    value: Annotated[str, Field(max_length=256)] | bool | int | float
+    value: Choice
+
+    def can_take(self, value: ParamValue) -> bool:
+        """Whether sampling this parameter can give `value`."""
+        return _same_value(value, self.value)
 
 
 Param = Annotated[
     FloatParam | IntParam | CategoricalParam | FixedParam, Field(discriminator="type")
 ]
+
+
+def _same_value(a: ParamValue, b: ParamValue) -> bool:
+    """Whether two parameter values are the same: a bool or a string equals only its own kind
+    (so `True` is not `1`); numbers compare by value, floats up to rounding, because Optuna
+    computes a point of a float grid as `low + k * step`."""
+    if isinstance(a, bool | str) or isinstance(b, bool | str):
+        return type(a) is type(b) and a == b
+    if isinstance(a, int) and isinstance(b, int):
+        return a == b
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def _on_grid(value: ParamValue, low: float, high: float, step: float | None) -> bool:
+    """Whether `value` is a number in [low, high], on the grid `low + k * step` if any."""
+    if isinstance(value, bool | str) or not math.isfinite(value):
+        return False
+    if step is None:
+        return low <= value <= high
+    k = round((value - low) / step)
+    return 0 <= k <= round((high - low) / step) and _same_value(low + k * step, value)
 
 
 def _check_range(low: float, high: float, log: bool, step: float | None) -> None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from edgetune.errors import InvalidSpecError
-from edgetune.spaces import ParamValue
+from edgetune.errors import InvalidSpecError, TrialFailed
+from edgetune.spaces import CategoricalParam, FixedParam, Param, ParamValue
 from edgetune.trainers._base import FitResult, Report, Trainer
+from edgetune.trainers.knobs import KNOBS, Compression, check_knobs
 
 if TYPE_CHECKING:
     import numpy as np
@@ -21,7 +24,15 @@ COMMON_OPTIONS = {
     "val_fraction": "share of the data held out for validation, in (0, 0.5]",
     "threads": "CPU threads for training, >= 1",
     "device": "'cpu', 'cuda' or 'auto' (cuda when available)",
+    "teacher": "the distillation teacher: 'builtin' (a larger model trained once per job) or "
+               "the file name of an ONNX model in the server's <data_dir>/models/",
 }
+#: Parameters every classifier reads: the optimizer's and the compression knobs.
+COMMON_PARAMS = frozenset({"lr", "weight_decay", *KNOBS})
+#: Training inputs handed to static int8 calibration.
+CALIBRATION_SAMPLES = 256
+CHECKPOINT_FILE = "checkpoint.pt"
+ONNX_FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}\.onnx")
 
 
 class ClassifierTrainer(Trainer):
@@ -52,6 +63,10 @@ class ClassifierTrainer(Trainer):
             cls.check_option(spec, key, value)
 
     @classmethod
+    def validate_space(cls, params: Sequence[Param]) -> None:
+        check_knobs(params, {})
+
+    @classmethod
     def check_option(cls, spec: TrainerSpec, key: str, value: object) -> None:
         """Raise `InvalidSpecError` when option `key` breaks its rule; extend for new ones."""
         field = f"trainer.options.{key}"
@@ -65,6 +80,13 @@ class ClassifierTrainer(Trainer):
             raise InvalidSpecError(
                 field, f"is {value!r}, but must be one of 'cpu', 'cuda', 'auto'"
             )
+        if key == "teacher" and not (
+            value == "builtin" or (isinstance(value, str) and ONNX_FILE.fullmatch(value))
+        ):
+            raise InvalidSpecError(
+                field, f"is {value!r}, but must be 'builtin' or an ONNX file name such as "
+                       "'teacher.onnx' (letters, digits, . _ -; no directories)"
+            )
 
     @abc.abstractmethod
     def load_data(self, *, val_fraction: float, seed: int) -> Any:
@@ -74,9 +96,11 @@ class ClassifierTrainer(Trainer):
     def build_model(self, params: Mapping[str, ParamValue], data: Any) -> torch.nn.Module:
         """The network for `params`, sized for `data`."""
 
-    def fit(self, params: Mapping[str, ParamValue], *, report: Report) -> FitResult:
+    def fit(
+        self, params: Mapping[str, ParamValue], *, report: Report,
+        checkpoint_dir: Path | None = None,
+    ) -> FitResult:
         import torch
-        from torch import nn
 
         options = self.spec.options
         seed = self.spec.seed or 0
@@ -84,40 +108,179 @@ class ClassifierTrainer(Trainer):
         torch.set_num_threads(int(options.get("threads") or 1))
         device = pick_device(str(options.get("device") or "auto"))
         data = self.load_data(val_fraction=float(options.get("val_fraction") or 0.2), seed=seed)
+        knobs = Compression.from_params(params)
         model = self.build_model(params, data).to(device)
-        optimizer = torch.optim.Adam(
-            model.parameters(),
-            lr=float(params.get("lr", 0.01)),
-            weight_decay=float(params.get("weight_decay", 0.0)),
+        teacher = None
+        if knobs.distill_alpha > 0:
+            teacher = _tensor(self.teacher_logits(data), device)
+        loop = _Loop(self, params, knobs, data, device, teacher, report)
+        loop.train(model, first=1, last=self.spec.epochs, checkpoint_dir=checkpoint_dir)
+        model = loop.compress(model)
+        model = model.cpu().eval()
+        example = torch.zeros((1, *data.x_train.shape[1:]), dtype=torch.float32)
+        calibration = data.x_train[: min(len(data.x_train), CALIBRATION_SAMPLES)]
+        return FitResult(
+            model=model, example_input=example,
+            metrics={"accuracy": loop.accuracy, **loop.compression_metrics(model)},
+            quantization=knobs.quantization, calibration=calibration,
+            eval_data=(data.x_val, data.y_val), compression=knobs.describe(),
         )
-        loss_fn = nn.CrossEntropyLoss()
-        x_train, y_train, x_val, y_val = (
+
+    def teacher_logits(self, data: Any) -> np.ndarray:
+        """Soft targets for distillation: the teacher's logits on `data.x_train`.
+
+        The teacher is the trainer option `teacher`: "builtin" trains `teacher_model` once per
+        job (cached under the job's cache directory, so every trial reuses it), or a file name
+        of an ONNX model in the server's `<data_dir>/models/`.
+        """
+        from edgetune.trainers.teacher import teacher_logits
+
+        return teacher_logits(self, data)
+
+    def teacher_model(self, data: Any) -> torch.nn.Module:
+        """The built-in teacher: a larger network of this trainer's kind; see subclasses."""
+        raise TrialFailed(f"{self.name} has no built-in teacher; give an ONNX model instead")
+
+
+class _Loop:
+    """One trial's training: epochs with optional distillation, then pruning and QAT."""
+
+    def __init__(
+        self, trainer: ClassifierTrainer, params: Mapping[str, ParamValue], knobs: Compression,
+        data: Any, device: Any, teacher: torch.Tensor | None, report: Report,
+    ) -> None:
+        import torch
+
+        self.trainer, self.params, self.knobs, self.report = trainer, params, knobs, report
+        self.device, self.teacher = device, teacher
+        self.x_train, self.y_train, self.x_val, self.y_val = (
             _tensor(a, device) for a in (data.x_train, data.y_train, data.x_val, data.y_val)
         )
-        generator = torch.Generator().manual_seed(seed)
-        batch = self.spec.batch_size
-        smallest = 2 if self.skip_single_sample_batches else 1
+        seed = trainer.spec.seed or 0
+        self.generator = torch.Generator().manual_seed(seed)
+        self.accuracy = 0.0
+        self.epoch = 0
+        self.removed_channels = 0
 
-        accuracy = 0.0
-        for epoch in range(1, self.spec.epochs + 1):
+    def optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        import torch
+
+        return torch.optim.Adam(
+            model.parameters(),
+            lr=float(self.params.get("lr", 0.01)),
+            weight_decay=float(self.params.get("weight_decay", 0.0)),
+        )
+
+    def train(
+        self, model: torch.nn.Module, *, first: int, last: int,
+        checkpoint_dir: Path | None = None,
+    ) -> None:
+        """Train epochs `first`..`last`, reporting each; resume from `checkpoint_dir` if set."""
+        import torch
+        from torch import nn
+
+        from edgetune.trainers import compression
+
+        optimizer = self.optimizer(model)
+        if checkpoint_dir is not None:
+            first = max(first, self._restore(checkpoint_dir, model, optimizer) + 1)
+        loss_fn = nn.CrossEntropyLoss()
+        batch = self.trainer.spec.batch_size
+        smallest = 2 if self.trainer.skip_single_sample_batches else 1
+        slimming = self.knobs.prune == "channel" and self.knobs.prune_criterion == "bn"
+        for epoch in range(first, last + 1):
             model.train()
-            order = torch.randperm(len(x_train), generator=generator).to(device)
+            order = torch.randperm(len(self.x_train), generator=self.generator).to(self.device)
             for start in range(0, len(order), batch):
                 idx = order[start : start + batch]
                 if len(idx) < smallest:
                     continue
                 optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(model(x_train[idx]), y_train[idx])
+                logits = model(self.x_train[idx])
+                if self.teacher is None:
+                    loss = loss_fn(logits, self.y_train[idx])
+                else:
+                    loss = compression.distillation_loss(
+                        logits, self.teacher[idx], self.y_train[idx],
+                        temperature=self.knobs.distill_temperature,
+                        alpha=self.knobs.distill_alpha,
+                    )
+                if slimming:  # Network Slimming: L1 on BN scales makes channels prunable
+                    loss = loss + self.knobs.slimming_l1 * compression.bn_l1_penalty(model)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"training diverged at epoch {epoch} (loss {loss})")
                 loss.backward()
                 optimizer.step()
-            accuracy = evaluate_accuracy(model, x_val, y_val, batch=max(batch, 256))
-            report(epoch, accuracy)
+            self.epoch = epoch
+            self.accuracy = evaluate_accuracy(
+                model, self.x_val, self.y_val, batch=max(batch, 256)
+            )
+            if checkpoint_dir is not None:
+                self._save(checkpoint_dir, model, optimizer)
+            self.report(epoch, self.accuracy)
 
-        model = model.cpu().eval()
-        example = torch.zeros((1, *data.x_train.shape[1:]), dtype=torch.float32)
-        return FitResult(model=model, example_input=example, metrics={"accuracy": accuracy})
+    def compress(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Prune, fine-tune and prepare for quantization as the knobs say; the final model."""
+        from edgetune.trainers import compression
+
+        knobs = self.knobs
+        tune = knobs.finetune_epochs
+        start = self.epoch + 1
+        if knobs.prune == "magnitude":
+            # Prune, fine-tune, prune again: fine-tuning regrows some pruned weights.
+            compression.magnitude_prune(model, knobs.prune_amount)
+            self.train(model, first=start, last=start + tune - 1)
+            compression.magnitude_prune(model, knobs.prune_amount)
+            start += tune
+        elif knobs.prune == "channel":
+            self.removed_channels = compression.channel_prune(
+                model, knobs.prune_amount, knobs.prune_criterion
+            )
+            model.to(self.device)
+            self.train(model, first=start, last=start + tune - 1)
+            start += tune
+        if knobs.quantization == "qat":
+            original = model
+            fake = compression.prepare_qat(model)
+            self.train(fake, first=start, last=start + tune - 1)
+            model = compression.strip_qat(fake, original)
+        if knobs.prune != "none" or knobs.quantization == "qat":
+            self.accuracy = evaluate_accuracy(model, self.x_val, self.y_val, batch=256)
+        return model
+
+    def compression_metrics(self, model: torch.nn.Module) -> dict[str, float]:
+        from edgetune.trainers import compression
+
+        return {
+            "sparsity": compression.sparsity(model),
+            "pruned_channels": float(self.removed_channels),
+        }
+
+    def _save(self, directory: Path, model: torch.nn.Module, optimizer: Any) -> None:
+        import torch
+
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {
+            "epoch": self.epoch, "accuracy": self.accuracy, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "generator": self.generator.get_state(),
+        }
+        tmp = directory / ".checkpoint.pt.tmp"
+        torch.save(state, tmp)
+        tmp.replace(directory / CHECKPOINT_FILE)
+
+    def _restore(self, directory: Path, model: torch.nn.Module, optimizer: Any) -> int:
+        """Load the checkpoint in `directory` if there is one; the last epoch it holds."""
+        import torch
+
+        path = directory / CHECKPOINT_FILE
+        if not path.exists():
+            return 0
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.epoch, self.accuracy = int(state["epoch"]), float(state["accuracy"])
+        return self.epoch
 
 
 def evaluate_accuracy(
@@ -132,6 +295,23 @@ def evaluate_accuracy(
             pred = model(x[start : start + batch]).argmax(dim=1)
             correct += int((pred == y[start : start + batch]).sum())
     return correct / max(1, len(x))
+
+
+def check_values(
+    params: Sequence[Param], allowed: Mapping[str, Sequence[ParamValue]], trainer: str
+) -> None:
+    """Raise `InvalidSpecError` when a parameter of `allowed` can take a value not listed."""
+    for p in params:
+        if p.name not in allowed:
+            continue
+        values = (p.choices if isinstance(p, CategoricalParam)
+                  else [p.value] if isinstance(p, FixedParam) else [p.low, p.high])
+        bad = [v for v in values if v not in allowed[p.name]]
+        if bad:
+            raise InvalidSpecError(
+                "space.params", f"{p.name} can be {bad[0]!r}, but {trainer} takes only "
+                                f"{', '.join(map(str, allowed[p.name]))}"
+            )
 
 
 def pick_device(name: str) -> Any:

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar
 
-from edgetune.errors import InvalidSpecError
-from edgetune.spaces import ParamValue
-from edgetune.trainers._classifier import COMMON_OPTIONS, ClassifierTrainer
-from edgetune.trainers.datasets import IMAGE_DATASETS, ImageData, load_image_dataset
+from edgetune.spaces import BUILTIN_SPACES, Param, ParamValue
+from edgetune.trainers._classifier import (
+    COMMON_OPTIONS,
+    COMMON_PARAMS,
+    ClassifierTrainer,
+    check_values,
+)
+from edgetune.trainers.datasets import (
+    DATASET_OPTIONS,
+    IMAGE_DATASETS,
+    ImageData,
+    check_dataset_options,
+    load_image_dataset,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -42,37 +52,53 @@ def build_cnn(
     return nn.Sequential(*layers)
 
 
-class ImageClassifier(ClassifierTrainer):
-    """Trains a CNN with Adam and cross-entropy; reports validation accuracy every epoch.
+#: Architectures the trainer builds, by the `arch` parameter each built-in space fixes.
+ARCHITECTURES = ("cnn", "mobilenet", "resnet")
 
-    Parameters it reads (defaults when absent): depth (2), width (16), kernel_size (3),
-    lr (0.01), weight_decay (0), dropout (0).
+
+class ImageClassifier(ClassifierTrainer):
+    """Trains a CNN, MobileNet or ResNet; reports validation accuracy every epoch.
+
+    The `arch` parameter (fixed by the built-in spaces `cnn`, `mobilenet`, `resnet`; default
+    cnn) picks the network; the space's other parameters shape it (their defaults apply when
+    absent). lr (0.01), weight_decay (0) and the compression knobs of
+    `edgetune.trainers.knobs` apply to all.
     """
 
     name: ClassVar[str] = "image-classifier"
     datasets: ClassVar[tuple[str, ...]] = IMAGE_DATASETS
     params: ClassVar[frozenset[str]] = frozenset(
-        {"depth", "width", "kernel_size", "lr", "weight_decay", "dropout"}
+        {"arch", "dropout", *COMMON_PARAMS}.union(
+            *({p.name for p in BUILTIN_SPACES[a].params} for a in ARCHITECTURES)
+        )
     )
-    options: ClassVar[dict[str, str]] = {
-        **COMMON_OPTIONS, "data_dir": "directory holding the dataset's files (mnist)"
-    }
+    options: ClassVar[dict[str, str]] = {**COMMON_OPTIONS, **DATASET_OPTIONS}
     skip_single_sample_batches: ClassVar[bool] = True  # batch norm
 
     @classmethod
-    def check_option(cls, spec: TrainerSpec, key: str, value: object) -> None:
-        super().check_option(spec, key, value)
-        if key == "data_dir" and not isinstance(value, str):
-            raise InvalidSpecError(f"trainer.options.{key}", f"is {value!r}, but must be a path")
+    def validate_spec(cls, spec: TrainerSpec) -> None:
+        super().validate_spec(spec)
+        check_dataset_options(spec.dataset, spec.options)
+
+    @classmethod
+    def validate_space(cls, params: Sequence[Param]) -> None:
+        super().validate_space(params)
+        check_values(params, {"arch": ARCHITECTURES}, cls.name)
 
     def load_data(self, *, val_fraction: float, seed: int) -> ImageData:
-        data_dir = self.spec.options.get("data_dir")
         return load_image_dataset(
             self.spec.dataset, val_fraction=val_fraction, seed=seed,
-            data_dir=None if data_dir is None else str(data_dir),
+            data_dir=self.data_dir, options=self.spec.options,
         )
 
     def build_model(self, params: Mapping[str, ParamValue], data: ImageData) -> torch.nn.Module:
+        arch = str(params.get("arch", "cnn"))
+        if arch != "cnn":
+            from edgetune.trainers.models import BUILDERS
+
+            return BUILDERS[arch](
+                params, in_channels=data.input_shape[0], n_classes=data.n_classes
+            )
         return build_cnn(
             in_channels=data.input_shape[0],
             n_classes=data.n_classes,
@@ -81,3 +107,11 @@ class ImageClassifier(ClassifierTrainer):
             kernel_size=int(params.get("kernel_size", 3)),
             dropout=float(params.get("dropout", 0.0)),
         )
+
+    def teacher_model(self, data: ImageData) -> torch.nn.Module:
+        """A ResNet of three stages of two 64-, 128- and 256-channel blocks."""
+        from edgetune.trainers.models import build_resnet
+
+        wide = {f"s{i}_{k}": v for i, w in enumerate((64, 128, 256), 1)
+                for k, v in (("depth", 2), ("width", w))}
+        return build_resnet(wide, in_channels=data.input_shape[0], n_classes=data.n_classes)

@@ -2,34 +2,29 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar
 
-from edgetune.errors import InvalidSpecError
-from edgetune.spaces import ParamValue
-from edgetune.trainers._classifier import COMMON_OPTIONS, ClassifierTrainer, int_in
-from edgetune.trainers.datasets import TABULAR_DATASETS, TabularData, load_tabular_dataset
+from edgetune.spaces import Param, ParamValue
+from edgetune.trainers._classifier import (
+    COMMON_OPTIONS,
+    COMMON_PARAMS,
+    ClassifierTrainer,
+    check_values,
+)
+from edgetune.trainers.datasets import (
+    DATASET_OPTIONS,
+    TABULAR_DATASETS,
+    TabularData,
+    check_dataset_options,
+    load_tabular_dataset,
+)
 
 if TYPE_CHECKING:
     import torch
 
     from edgetune.spec import TrainerSpec
 
-_OPTIONS = {
-    **COMMON_OPTIONS,
-    "n_samples": "rows of the synthetic dataset, 50..1000000 (default 2000)",
-    "n_features": "features of the synthetic dataset, 1..10000 (default 20)",
-    "n_classes": "classes of the synthetic dataset, 2..1000 (default 3)",
-}
-#: Option -> (low, high, default) for the integer options that size the `synthetic` dataset.
-_SYNTHETIC_SIZES = {
-    "n_samples": (50, 1_000_000, 2000),
-    "n_features": (1, 10_000, 20),
-    "n_classes": (2, 1000, 3),
-}
-#: float32 cells of the synthetic table; the ranges alone would allow 40 GB.
-_MAX_SYNTHETIC_CELLS = 100_000_000
 _ACTIVATIONS = ("relu", "gelu", "tanh")
 
 
@@ -65,44 +60,33 @@ class TabularClassifier(ClassifierTrainer):
     """Trains an MLP with Adam and cross-entropy; reports validation accuracy every epoch.
 
     Parameters it reads (defaults when absent): n_layers (2), width (64), activation (relu),
-    dropout (0), lr (0.01), weight_decay (0).
+    dropout (0), lr (0.01), weight_decay (0), and the compression knobs of
+    `edgetune.trainers.knobs` (channel pruning needs a model with prunable blocks, so on an
+    MLP only magnitude pruning applies).
     """
 
     name: ClassVar[str] = "tabular-classifier"
     datasets: ClassVar[tuple[str, ...]] = TABULAR_DATASETS
     params: ClassVar[frozenset[str]] = frozenset(
-        {"n_layers", "width", "activation", "dropout", "lr", "weight_decay"}
+        {"arch", "n_layers", "width", "activation", "dropout", *COMMON_PARAMS}
     )
-    options: ClassVar[dict[str, str]] = _OPTIONS
+    options: ClassVar[dict[str, str]] = {**COMMON_OPTIONS, **DATASET_OPTIONS}
 
     @classmethod
     def validate_spec(cls, spec: TrainerSpec) -> None:
         super().validate_spec(spec)
-        if spec.dataset == "synthetic":
-            _check_synthetic_sizes(spec.options)
+        check_dataset_options(spec.dataset, spec.options)
 
     @classmethod
-    def check_option(cls, spec: TrainerSpec, key: str, value: object) -> None:
-        super().check_option(spec, key, value)
-        if key in _SYNTHETIC_SIZES:
-            low, high, _ = _SYNTHETIC_SIZES[key]
-            if not int_in(value, low, high):
-                raise InvalidSpecError(
-                    f"trainer.options.{key}",
-                    f"is {value!r}, but must be an integer in [{low}, {high}]",
-                )
-            if spec.dataset != "synthetic":
-                # Accepting it silently would let a user believe it changed something.
-                raise InvalidSpecError(
-                    f"trainer.options.{key}",
-                    f"only applies to the dataset 'synthetic', not {spec.dataset!r}",
-                )
+    def validate_space(cls, params: Sequence[Param]) -> None:
+        super().validate_space(params)
+        # An MLP has no channels to prune.
+        check_values(params, {"arch": ("mlp",), "prune": ("none", "magnitude")}, cls.name)
 
     def load_data(self, *, val_fraction: float, seed: int) -> TabularData:
-        n_samples, n_features, n_classes = _synthetic_sizes(self.spec.options)
         return load_tabular_dataset(
             self.spec.dataset, val_fraction=val_fraction, seed=seed,
-            n_samples=n_samples, n_features=n_features, n_classes=n_classes,
+            data_dir=self.data_dir, options=self.spec.options,
         )
 
     def build_model(
@@ -117,37 +101,7 @@ class TabularClassifier(ClassifierTrainer):
             dropout=float(params.get("dropout", 0.0)),
         )
 
-
-def _synthetic_sizes(options: Mapping[str, object]) -> tuple[int, int, int]:
-    """(n_samples, n_features, n_classes) from the options, with the defaults filled in."""
-    n_samples, n_features, n_classes = (
-        int(value) if isinstance(value := options.get(key), int) else default
-        for key, (_, _, default) in _SYNTHETIC_SIZES.items()
-    )
-    return n_samples, n_features, n_classes
-
-
-def _check_synthetic_sizes(options: Mapping[str, object]) -> None:
-    # The single options are in range already; these are the rules between them.
-    n_samples, n_features, n_classes = _synthetic_sizes(options)
-    needed = max(1, math.ceil(math.log2(n_classes)))
-    if n_features < needed:
-        raise InvalidSpecError(
-            "trainer.options.n_features",
-            f"is {n_features}, but {n_classes} classes need at least {needed} features",
-        )
-    if n_samples * n_features > _MAX_SYNTHETIC_CELLS:
-        raise InvalidSpecError(
-            "trainer.options.n_samples",
-            f"n_samples x n_features is {n_samples * n_features}, but must be <= "
-            f"{_MAX_SYNTHETIC_CELLS}",
-        )
-    val_fraction = options.get("val_fraction")
-    fraction = float(val_fraction) if isinstance(val_fraction, int | float) else 0.2
-    n_val = math.ceil(fraction * n_samples)
-    if min(n_val, n_samples - n_val) < n_classes:
-        raise InvalidSpecError(
-            "trainer.options.n_samples",
-            f"is {n_samples}, but a stratified split needs at least {n_classes} samples "
-            f"(n_classes) in both training and validation sets; it gives {n_val} to validation",
-        )
+    def teacher_model(self, data: TabularData) -> torch.nn.Module:
+        """An MLP of three hidden layers of 256 GELU units."""
+        return build_mlp(data.n_features, data.n_classes, n_layers=3, width=256,
+                         activation="gelu")

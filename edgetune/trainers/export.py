@@ -13,6 +13,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from edgetune.errors import MissingDependencyError
@@ -32,6 +33,11 @@ class Artifact:
     size_bytes: int
     format: str  # "onnx" | "torchscript"
 
+    @property
+    def runtime(self) -> str:
+        """The runtime that loads this artifact."""
+        return "onnxruntime" if self.format == "onnx" else "torchscript"
+
 
 def export_model(
     model: torch.nn.Module,
@@ -39,6 +45,8 @@ def export_model(
     artifact_dir: Path,
     *,
     format: str = "onnx",
+    quantization: str = "fp32",
+    calibration: np.ndarray | None = None,
 ) -> Artifact:
     """Export `model` traced on `example_input` into `artifact_dir`, named by its hash.
 
@@ -58,6 +66,10 @@ def export_model(
         )
     if format == "onnx" and importlib.util.find_spec("onnx") is None:
         raise MissingDependencyError("onnx", "onnx")
+    if quantization != "fp32" and format != "onnx":
+        raise ValueError(
+            f"quantization {quantization!r} needs the onnx format; {format!r} is exported fp32"
+        )
 
     cpu_model, cpu_input = _on_cpu(model, example_input)
     was_training = cpu_model.training
@@ -70,6 +82,8 @@ def export_model(
         )
     finally:
         cpu_model.train(was_training)
+    if quantization != "fp32":
+        data = _quantize(data, quantization, calibration)
 
     sha256 = hashlib.sha256(data).hexdigest()
     artifact_dir = Path(artifact_dir)
@@ -116,6 +130,17 @@ def _to_onnx(model: torch.nn.Module, example_input: torch.Tensor) -> bytes:
             opset_version=17,
         )
     return buffer.getvalue()
+
+
+def _quantize(onnx_bytes: bytes, mode: str, calibration: np.ndarray | None) -> bytes:
+    from edgetune.trainers.compression import quantize_onnx
+
+    with tempfile.TemporaryDirectory(prefix="edgetune-quantize-") as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / f"{mode}.onnx"
+        src.write_bytes(onnx_bytes)
+        # QAT weights learnt the int8 rounding; they are quantized like static ones.
+        quantize_onnx(src, dst, "int8-static" if mode == "qat" else mode, calibration)
+        return dst.read_bytes()
 
 
 def _to_torchscript(model: torch.nn.Module, example_input: torch.Tensor) -> bytes:

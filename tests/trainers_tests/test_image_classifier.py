@@ -13,8 +13,9 @@ from edgetune.trainers._image import build_cnn
 PARAMS = {"depth": 2, "width": 8, "kernel_size": 3, "lr": 0.01}
 
 
-def fit(params=PARAMS, **spec):
-    trainer = get_trainer_class("image-classifier")(TrainerSpec(epochs=2, seed=0, **spec))
+def fit(params=PARAMS, data_dir=None, **spec):
+    trainer = get_trainer_class("image-classifier")(TrainerSpec(epochs=2, seed=0, **spec),
+                                                    data_dir=data_dir)
     reports: list[tuple[int, float]] = []
     result = trainer.fit(params, report=lambda e, a: reports.append((e, a)))
     return result, reports
@@ -66,4 +67,11 @@ def test_a_pruner_stop_propagates() -> None:
 
 def test_mnist_without_files_fails_with_a_clear_reason(tmp_path) -> None:
     with pytest.raises(TrialFailed, match="MNIST files not found"):
-        fit(dataset="mnist", options={"data_dir": str(tmp_path)})
+        fit(dataset="mnist", data_dir=tmp_path)
+
+
+def test_a_request_cannot_name_a_directory_to_read() -> None:
+    with pytest.raises(InvalidSpecError, match=r"trainer\.options\.data_dir"):
+        get_trainer_class("image-classifier").validate_spec(
+            TrainerSpec(dataset="mnist", options={"data_dir": "/etc"})
+        )
