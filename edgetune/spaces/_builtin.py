@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgetune.spaces._params import CategoricalParam, FixedParam, FloatParam, IntParam, Param
+from edgetune.spaces._params import (
+    CategoricalParam,
+    Condition,
+    FixedParam,
+    FloatParam,
+    IntParam,
+    Param,
+)
 
 
 @dataclass(frozen=True)
@@ -35,17 +42,28 @@ CNN = BuiltinSpace(
     ),
 )
 
+_MLP_MAX_LAYERS = 4
+
 MLP = BuiltinSpace(
     name="mlp",
     description=(
-        "A multilayer perceptron for tabular data: `n_layers` hidden layers of `width` units "
-        "(linear, then the `activation` relu, gelu or tanh, then dropout at rate `dropout`) "
-        "and a linear classifier; trained with Adam at learning rate `lr`."
+        "A multilayer perceptron for tabular data: `n_layers` hidden layers, layer i of "
+        "`width_i` units (linear, then the `activation` relu, gelu or tanh, then dropout at rate "
+        "`dropout`) and a linear classifier; trained with Adam at learning rate `lr`. "
+        "`width_i` exists only when there are at least i layers (a conditional parameter)."
     ),
     params=(
         FixedParam(name="arch", value="mlp"),
-        IntParam(name="n_layers", low=1, high=4),
-        IntParam(name="width", low=16, high=256, log=True),
+        IntParam(name="n_layers", low=1, high=_MLP_MAX_LAYERS),
+        *(
+            IntParam(
+                name=f"width_{i}", low=16, high=256, log=True,
+                condition=None if i == 1 else Condition(
+                    param="n_layers", values=list(range(i, _MLP_MAX_LAYERS + 1))
+                ),
+            )
+            for i in range(1, _MLP_MAX_LAYERS + 1)
+        ),
         CategoricalParam(name="activation", choices=["relu", "gelu", "tanh"]),
         FloatParam(name="dropout", low=0.0, high=0.5),
         FloatParam(name="lr", low=1e-4, high=3e-2, log=True),

@@ -224,29 +224,28 @@ class _Loop:
         from edgetune.trainers import compression
 
         knobs = self.knobs
-        tune = knobs.finetune_epochs
-        start = self.epoch + 1
         if knobs.prune == "magnitude":
-            # Prune, fine-tune, prune again: fine-tuning regrows some pruned weights.
             compression.magnitude_prune(model, knobs.prune_amount)
-            self.train(model, first=start, last=start + tune - 1)
-            compression.magnitude_prune(model, knobs.prune_amount)
-            start += tune
         elif knobs.prune == "channel":
             self.removed_channels = compression.channel_prune(
                 model, knobs.prune_amount, knobs.prune_criterion
             )
-            model.to(self.device)
-            self.train(model, first=start, last=start + tune - 1)
-            start += tune
+        if knobs.prune != "none":
+            self.fine_tune(model)
         if knobs.quantization == "qat":
-            original = model
-            fake = compression.prepare_qat(model)
-            self.train(fake, first=start, last=start + tune - 1)
-            model = compression.strip_qat(fake, original)
+            fake = compression.prepare_qat(model)  # fake-quantized weights and activations
+            self.fine_tune(fake)
+            model = compression.strip_qat(fake, model)
+        if knobs.prune == "magnitude":
+            # Fine-tuning regrows pruned weights; prune again to reach the target sparsity.
+            compression.magnitude_prune(model, knobs.prune_amount)
         if knobs.prune != "none" or knobs.quantization == "qat":
             self.accuracy = evaluate_accuracy(model, self.x_val, self.y_val, batch=256)
         return model
+
+    def fine_tune(self, model: torch.nn.Module) -> None:
+        """Train `finetune_epochs` more epochs, numbered on from the last one reported."""
+        self.train(model, first=self.epoch + 1, last=self.epoch + self.knobs.finetune_epochs)
 
     def compression_metrics(self, model: torch.nn.Module) -> dict[str, float]:
         from edgetune.trainers import compression

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar
 
-from edgetune.spaces import Param, ParamValue
+from edgetune.spaces import BUILTIN_SPACES, Param, ParamValue
 from edgetune.trainers._classifier import (
     COMMON_OPTIONS,
     COMMON_PARAMS,
@@ -29,10 +29,13 @@ _ACTIVATIONS = ("relu", "gelu", "tanh")
 
 
 def build_mlp(
-    n_features: int, n_classes: int, n_layers: int, width: int, activation: str,
+    n_features: int, n_classes: int, n_layers: int, width: int | Sequence[int], activation: str,
     dropout: float = 0.0,
 ) -> torch.nn.Sequential:
-    """The `mlp` space's network; see `edgetune.spaces.BUILTIN_SPACES['mlp']`."""
+    """The `mlp` space's network; see `edgetune.spaces.BUILTIN_SPACES['mlp']`.
+
+    `width` is every hidden layer's width, or one width per layer.
+    """
     from torch import nn
 
     kinds: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
@@ -41,17 +44,19 @@ def build_mlp(
             f"The value of `activation` is {activation!r}, but must be one of "
             f"{', '.join(repr(a) for a in _ACTIVATIONS)}."
         )
-    if n_layers < 1 or width < 1:
+    widths = [width] * n_layers if isinstance(width, int) else list(width)
+    if n_layers < 1 or len(widths) != n_layers or min(widths) < 1:
         raise ValueError(
-            f"The values of `n_layers` and `width` are {n_layers} and {width}, but must be >= 1."
+            f"The values of `n_layers` and `width` are {n_layers} and {width}, but must be >= 1 "
+            "(one width, or one per layer)."
         )
     layers: list[nn.Module] = []
     size = n_features
-    for _ in range(n_layers):
-        layers += [nn.Linear(size, width), kinds[activation]()]
+    for units in widths:
+        layers += [nn.Linear(size, units), kinds[activation]()]
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
-        size = width
+        size = units
     layers.append(nn.Linear(size, n_classes))
     return nn.Sequential(*layers)
 
@@ -59,7 +64,8 @@ def build_mlp(
 class TabularClassifier(ClassifierTrainer):
     """Trains an MLP with Adam and cross-entropy; reports validation accuracy every epoch.
 
-    Parameters it reads (defaults when absent): n_layers (2), width (64), activation (relu),
+    Parameters it reads (defaults when absent): n_layers (2), width_1..width_4 (each defaults
+    to `width`, itself 64), activation (relu),
     dropout (0), lr (0.01), weight_decay (0), and the compression knobs of
     `edgetune.trainers.knobs` (channel pruning needs a model with prunable blocks, so on an
     MLP only magnitude pruning applies).
@@ -68,7 +74,7 @@ class TabularClassifier(ClassifierTrainer):
     name: ClassVar[str] = "tabular-classifier"
     datasets: ClassVar[tuple[str, ...]] = TABULAR_DATASETS
     params: ClassVar[frozenset[str]] = frozenset(
-        {"arch", "n_layers", "width", "activation", "dropout", *COMMON_PARAMS}
+        {"width", "dropout", *COMMON_PARAMS, *(p.name for p in BUILTIN_SPACES["mlp"].params)}
     )
     options: ClassVar[dict[str, str]] = {**COMMON_OPTIONS, **DATASET_OPTIONS}
 
@@ -96,7 +102,9 @@ class TabularClassifier(ClassifierTrainer):
             n_features=data.n_features,
             n_classes=data.n_classes,
             n_layers=int(params.get("n_layers", 2)),
-            width=int(params.get("width", 64)),
+            # width_i, the space's per-layer widths; `width` sets all of them.
+            width=[int(params.get(f"width_{i}", params.get("width", 64)))
+                   for i in range(1, int(params.get("n_layers", 2)) + 1)],
             activation=str(params.get("activation", "relu")),
             dropout=float(params.get("dropout", 0.0)),
         )

@@ -98,6 +98,15 @@ def test_a_pruner_stop_propagates() -> None:
         trainer.fit(PARAMS, report=report)
 
 
+def test_mlp_widths_per_layer() -> None:
+    model = build_mlp(n_features=5, n_classes=3, n_layers=3, width=[32, 16, 8],
+                      activation="relu")
+    linears = [m for m in model if isinstance(m, torch.nn.Linear)]
+    assert [m.out_features for m in linears] == [32, 16, 8, 3]
+    with pytest.raises(ValueError, match="one per layer"):
+        build_mlp(n_features=5, n_classes=3, n_layers=2, width=[32], activation="relu")
+
+
 @pytest.mark.parametrize(
     ("spec", "field", "text"),
     [
@@ -206,6 +215,9 @@ def test_a_whole_job_runs_on_the_optuna_backend(tmp_path) -> None:
     for t in trials:
         accuracy, latency_ms = t.values
         assert 0 <= accuracy <= 1 and latency_ms > 0
-        # Optuna records the searched parameters; the fixed `arch` is not one.
-        assert set(t.params) == {p.name for p in BUILTIN_SPACES["mlp"].params} - {"arch"}
+        # Optuna records the searched parameters; the fixed `arch` is not one, and width_i
+        # exists only when there are at least i layers.
+        widths = {f"width_{i}" for i in range(1, t.params["n_layers"] + 1)}
+        assert set(t.params) == {"n_layers", "activation", "dropout", "lr", *widths}
+        assert {p.name for p in BUILTIN_SPACES["mlp"].params} >= set(t.params)
         assert len(t.user_attrs["val_accuracy_history"]) == 3
