@@ -151,3 +151,19 @@ def test_a_teacher_path_outside_the_models_directory_is_refused() -> None:
         get_trainer_class("image-classifier").validate_spec(
             TrainerSpec(name="image-classifier", options={"teacher": "../../etc/x.onnx"})
         )
+
+
+def test_distillation_changes_what_the_student_learns(tmp_path: Path) -> None:
+    def run(alpha: float):
+        spec = TrainerSpec(name="tabular-classifier", dataset="wine", epochs=3, seed=0,
+                           options={"teacher": "builtin"})
+        trainer = get_trainer_class("tabular-classifier")(spec, data_dir=tmp_path,
+                                                          cache_dir=tmp_path)
+        return trainer.fit({"n_layers": 1, "width": 16, "distill_alpha": alpha},
+                           report=lambda e, a: None)
+
+    plain, distilled = run(0.0), run(0.9)
+    assert "distill_alpha" not in plain.compression
+    assert distilled.compression["distill_alpha"] == 0.9
+    assert any(not torch.equal(a, b) for a, b in zip(
+        plain.model.state_dict().values(), distilled.model.state_dict().values(), strict=True))
