@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from edgetune.errors import InvalidSpecError, TrialFailed
 from edgetune.spaces import CategoricalParam, FixedParam, Param, ParamValue
 from edgetune.trainers._base import FitResult, Report, Trainer
+from edgetune.trainers.datasets import check_dataset_options
 from edgetune.trainers.knobs import KNOBS, Compression, check_knobs
 
 if TYPE_CHECKING:
@@ -45,6 +46,8 @@ class ClassifierTrainer(Trainer):
 
     #: Option name -> what it means; `COMMON_OPTIONS` plus the subclass's own.
     options: ClassVar[dict[str, str]] = COMMON_OPTIONS
+    #: Parameter -> the only values this trainer takes (an architecture it builds).
+    allowed_values: ClassVar[dict[str, tuple[ParamValue, ...]]] = {}
     #: Skip a last batch of one sample (batch norm cannot train on it).
     skip_single_sample_batches: ClassVar[bool] = False
 
@@ -61,10 +64,12 @@ class ClassifierTrainer(Trainer):
                 known = "; ".join(f"{k}: {v}" for k, v in cls.options.items())
                 raise InvalidSpecError(f"trainer.options.{key}", f"unknown option; known: {known}")
             cls.check_option(spec, key, value)
+        check_dataset_options(spec.dataset, spec.options)
 
     @classmethod
     def validate_space(cls, params: Sequence[Param]) -> None:
         check_knobs(params, {})
+        check_values(params, cls.allowed_values, cls.name)
 
     @classmethod
     def check_option(cls, spec: TrainerSpec, key: str, value: object) -> None:

@@ -2,28 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, ClassVar
 
-from edgetune.spaces import BUILTIN_SPACES, Param, ParamValue
+from edgetune.spaces import BUILTIN_SPACES, ParamValue
 from edgetune.trainers._classifier import (
     COMMON_OPTIONS,
     COMMON_PARAMS,
     ClassifierTrainer,
-    check_values,
 )
 from edgetune.trainers.datasets import (
     DATASET_OPTIONS,
     IMAGE_DATASETS,
     ImageData,
-    check_dataset_options,
     load_image_dataset,
 )
 
 if TYPE_CHECKING:
     import torch
 
-    from edgetune.spec import TrainerSpec
 
 
 def build_cnn(
@@ -74,16 +71,7 @@ class ImageClassifier(ClassifierTrainer):
     )
     options: ClassVar[dict[str, str]] = {**COMMON_OPTIONS, **DATASET_OPTIONS}
     skip_single_sample_batches: ClassVar[bool] = True  # batch norm
-
-    @classmethod
-    def validate_spec(cls, spec: TrainerSpec) -> None:
-        super().validate_spec(spec)
-        check_dataset_options(spec.dataset, spec.options)
-
-    @classmethod
-    def validate_space(cls, params: Sequence[Param]) -> None:
-        super().validate_space(params)
-        check_values(params, {"arch": ARCHITECTURES}, cls.name)
+    allowed_values: ClassVar[dict[str, tuple[ParamValue, ...]]] = {"arch": ARCHITECTURES}
 
     def load_data(self, *, val_fraction: float, seed: int) -> ImageData:
         return load_image_dataset(

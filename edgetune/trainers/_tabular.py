@@ -5,25 +5,22 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar
 
-from edgetune.spaces import BUILTIN_SPACES, Param, ParamValue
+from edgetune.spaces import BUILTIN_SPACES, ParamValue
 from edgetune.trainers._classifier import (
     COMMON_OPTIONS,
     COMMON_PARAMS,
     ClassifierTrainer,
-    check_values,
 )
 from edgetune.trainers.datasets import (
     DATASET_OPTIONS,
     TABULAR_DATASETS,
     TabularData,
-    check_dataset_options,
     load_tabular_dataset,
 )
 
 if TYPE_CHECKING:
     import torch
 
-    from edgetune.spec import TrainerSpec
 
 _ACTIVATIONS = ("relu", "gelu", "tanh")
 
@@ -77,17 +74,10 @@ class TabularClassifier(ClassifierTrainer):
         {"width", "dropout", *COMMON_PARAMS, *(p.name for p in BUILTIN_SPACES["mlp"].params)}
     )
     options: ClassVar[dict[str, str]] = {**COMMON_OPTIONS, **DATASET_OPTIONS}
-
-    @classmethod
-    def validate_spec(cls, spec: TrainerSpec) -> None:
-        super().validate_spec(spec)
-        check_dataset_options(spec.dataset, spec.options)
-
-    @classmethod
-    def validate_space(cls, params: Sequence[Param]) -> None:
-        super().validate_space(params)
-        # An MLP has no channels to prune.
-        check_values(params, {"arch": ("mlp",), "prune": ("none", "magnitude")}, cls.name)
+    # An MLP has no channels to prune.
+    allowed_values: ClassVar[dict[str, tuple[ParamValue, ...]]] = {
+        "arch": ("mlp",), "prune": ("none", "magnitude")
+    }
 
     def load_data(self, *, val_fraction: float, seed: int) -> TabularData:
         return load_tabular_dataset(
