@@ -49,8 +49,6 @@ class TrialTask:
     artifact_dir: str
     report_to_pruner: bool
     latency: MeasureConfig
-    #: The server's data directory (datasets, teacher models); a job names files in it.
-    data_dir: str | None = None
 
 
 def run_trial_process(task: TrialTask, conn: Any) -> None:
@@ -79,7 +77,9 @@ def _run(task: TrialTask) -> dict[str, Any]:
     trainer_spec = spec.trainer.model_copy(
         update={"seed": spec.trainer.seed if spec.trainer.seed is not None else (spec.seed or 0)}
     )
-    data_dir = Path(task.data_dir) if task.data_dir else Path(task.artifact_dir).parent
+    # The server's data directory (datasets, teacher models): artifacts live in its
+    # `artifacts/` (`Settings.artifact_dir`).
+    data_dir = Path(task.artifact_dir).parent
     trainer = get_trainer_class(trainer_spec.name)(
         trainer_spec, data_dir=data_dir, cache_dir=data_dir / "cache" / task.study_name
     )

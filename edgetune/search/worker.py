@@ -60,7 +60,6 @@ class Worker:
         self.backend = OptunaBackend(
             storage_url=self.db.url,
             artifact_dir=str(settings.artifact_dir),
-            data_dir=str(settings.resolved_data_dir),
             latency=MeasureConfig(
                 threads=settings.latency_threads,
                 warmup=settings.latency_warmup,

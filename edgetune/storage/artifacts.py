@@ -20,3 +20,12 @@ def artifact_path(artifact_dir: Path, sha256: str, format: str) -> Path:
             f"{', '.join(repr(f) for f in ARTIFACT_FORMATS)}."
         )
     return artifact_dir / f"{sha256}.{ARTIFACT_FORMATS[format]}"
+
+
+def find_artifact(artifact_dir: Path, sha256: str) -> Path | None:
+    """The stored file of the artifact with this hash, in whichever format it was exported."""
+    for format in ARTIFACT_FORMATS:
+        path = artifact_path(artifact_dir, sha256, format)
+        if path.is_file():
+            return path
+    return None

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from edgetune.errors import InvalidSpecError, TrialFailed
-from edgetune.spaces import CategoricalParam, FixedParam, Param, ParamValue
+from edgetune.spaces import Param, ParamValue
 from edgetune.trainers._base import FitResult, Report, Trainer
-from edgetune.trainers.datasets import check_dataset_options
+from edgetune.trainers.datasets import check_dataset_options, int_in
 from edgetune.trainers.knobs import KNOBS, Compression, check_knobs
 
 if TYPE_CHECKING:
@@ -68,8 +68,7 @@ class ClassifierTrainer(Trainer):
 
     @classmethod
     def validate_space(cls, params: Sequence[Param]) -> None:
-        check_knobs(params, {})
-        check_values(params, cls.allowed_values, cls.name)
+        check_knobs(params, cls.name, cls.allowed_values)
 
     @classmethod
     def check_option(cls, spec: TrainerSpec, key: str, value: object) -> None:
@@ -117,8 +116,10 @@ class ClassifierTrainer(Trainer):
         model = self.build_model(params, data).to(device)
         teacher = None
         if knobs.distill_alpha > 0:
-            teacher = _tensor(self.teacher_logits(data), device)
-        loop = _Loop(self, params, knobs, data, device, teacher, report)
+            from edgetune.trainers.teacher import teacher_logits
+
+            teacher = _tensor(teacher_logits(self, data), device)
+        loop = TrainingLoop(self, params, knobs, data, device, teacher, report)
         loop.train(model, first=1, last=self.spec.epochs, checkpoint_dir=checkpoint_dir)
         model = loop.compress(model)
         model = model.cpu().eval()
@@ -131,23 +132,13 @@ class ClassifierTrainer(Trainer):
             eval_data=(data.x_val, data.y_val), compression=knobs.describe(),
         )
 
-    def teacher_logits(self, data: Any) -> np.ndarray:
-        """Soft targets for distillation: the teacher's logits on `data.x_train`.
-
-        The teacher is the trainer option `teacher`: "builtin" trains `teacher_model` once per
-        job (cached under the job's cache directory, so every trial reuses it), or a file name
-        of an ONNX model in the server's `<data_dir>/models/`.
-        """
-        from edgetune.trainers.teacher import teacher_logits
-
-        return teacher_logits(self, data)
-
     def teacher_model(self, data: Any) -> torch.nn.Module:
-        """The built-in teacher: a larger network of this trainer's kind; see subclasses."""
+        """The built-in teacher (trainer option `teacher: builtin`): a larger network of this
+        trainer's kind, trained once per job; see `edgetune.trainers.teacher`."""
         raise TrialFailed(f"{self.name} has no built-in teacher; give an ONNX model instead")
 
 
-class _Loop:
+class TrainingLoop:
     """One trial's training: epochs with optional distillation, then pruning and QAT."""
 
     def __init__(
@@ -301,36 +292,12 @@ def evaluate_accuracy(
     return correct / max(1, len(x))
 
 
-def check_values(
-    params: Sequence[Param], allowed: Mapping[str, Sequence[ParamValue]], trainer: str
-) -> None:
-    """Raise `InvalidSpecError` when a parameter of `allowed` can take a value not listed."""
-    for p in params:
-        if p.name not in allowed:
-            continue
-        values = (p.choices if isinstance(p, CategoricalParam)
-                  else [p.value] if isinstance(p, FixedParam) else [p.low, p.high])
-        bad = [v for v in values if v not in allowed[p.name]]
-        if bad:
-            raise InvalidSpecError(
-                "space.params", f"{p.name} can be {bad[0]!r}, but {trainer} takes only "
-                                f"{', '.join(map(str, allowed[p.name]))}"
-            )
-
-
 def pick_device(name: str) -> Any:
     import torch
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def int_in(value: object, low: int, high: int | None) -> bool:
-    # bool is an int subclass, but `threads: true` is a mistake, not 1.
-    if not isinstance(value, int) or isinstance(value, bool):
-        return False
-    return low <= value and (high is None or value <= high)
 
 
 def _tensor(array: np.ndarray, device: Any) -> torch.Tensor:

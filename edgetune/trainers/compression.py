@@ -21,11 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize, prune
 
+from edgetune.trainers.knobs import PRUNE_CRITERIA, QUANTIZATION
 from edgetune.trainers.models import ChannelPrunable
 
 __all__ = [
-    "CHANNEL_CRITERIA",
-    "QUANTIZATION_MODES",
     "ChannelPrunable",
     "bn_l1_penalty",
     "channel_prune",
@@ -41,10 +40,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: "qat" quantizes the ONNX file exactly like "int8-static"; what differs is the training
-#: before export (`prepare_qat` ... fine-tune ... `strip_qat`).
-QUANTIZATION_MODES = ("fp32", "fp16", "int8-dynamic", "int8-static", "qat")
-CHANNEL_CRITERIA = ("l1", "bn")
 
 _PRUNABLE_LAYERS = (nn.Conv2d, nn.Linear)
 #: Hidden widths are kept at multiples of this: int8 and fp32 kernels on CPUs (and most NPUs)
@@ -129,10 +124,10 @@ def channel_prune(model: nn.Module, ratio: float, criterion: str = "l1") -> int:
     """
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"The value of `ratio` is {ratio}, but must be in [0, 1).")
-    if criterion not in CHANNEL_CRITERIA:
+    if criterion not in PRUNE_CRITERIA:
         raise ValueError(
             f"The value of `criterion` is {criterion!r}, but must be one of "
-            f"{', '.join(repr(c) for c in CHANNEL_CRITERIA)}."
+            f"{', '.join(repr(c) for c in PRUNE_CRITERIA)}."
         )
     blocks = _prunable_blocks(model)
     if not blocks:
@@ -205,7 +200,7 @@ def bn_l1_penalty(model: nn.Module) -> torch.Tensor:
 #
 # The scheme is the one `quantize_onnx(..., "int8-static")` applies in onnxruntime: weights
 # symmetric per output channel in [-127, 127]; activations asymmetric per tensor on 256 levels
-# from min/max ranges (uint8 here, int8 there: the same grid shifted by 128). Per-channel
+# from min/max ranges (uint8, as there). Per-channel
 # symmetric rounding is invariant to scaling an output channel, so it is the same whether BN
 # is folded into the conv (as the ONNX export does) or not (as during training).
 
@@ -317,14 +312,14 @@ def quantize_onnx(
       (`quantize_dynamic`). Convolutions stay float: onnxruntime's CPU ConvInteger has no
       kernel for int8 weights, so dynamic quantization is meant for dense layers.
     - "int8-static" and "qat": QDQ graph with int8 weights (symmetric, per channel) and
-      int8 activations whose ranges come from running `calibration` through the model
+      uint8 activations whose ranges come from running `calibration` through the model
       (`quantize_static`, min/max calibration). `calibration` is a float32 array of N
       samples shaped like the model's input without its batch dimension.
     """
-    if mode not in QUANTIZATION_MODES:
+    if mode not in QUANTIZATION:
         raise ValueError(
             f"The value of `mode` is {mode!r}, but must be one of "
-            f"{', '.join(repr(m) for m in QUANTIZATION_MODES)}."
+            f"{', '.join(repr(m) for m in QUANTIZATION)}."
         )
     src, dst = Path(src), Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)

@@ -145,7 +145,7 @@ def _check_option_value(key: str, value: object) -> None:
         raise InvalidSpecError(field, f"is {value!r}, but {problem}")
     if key in _SIZE_RANGES:
         low, high = _SIZE_RANGES[key]
-        if not (_is_int(value) and low <= cast(int, value) <= high):
+        if not (int_in(value, low, high)):
             raise InvalidSpecError(
                 field, f"is {value!r}, but must be an integer in [{low}, {high}]"
             )
@@ -153,7 +153,7 @@ def _check_option_value(key: str, value: object) -> None:
         rule = ", ".join(f"{name} in [{low}, {high}]" for name, low, high in _IMAGE_SHAPE_RANGES)
         if not (
             isinstance(value, list | tuple) and len(value) == 3
-            and all(_is_int(v) and low <= cast(int, v) <= high
+            and all(int_in(v, low, high)
                     for v, (_, low, high) in zip(value, _IMAGE_SHAPE_RANGES, strict=True))
         ):
             raise InvalidSpecError(
@@ -167,21 +167,21 @@ def _check_synthetic(
 ) -> None:
     """The rules between the sizes of a synthetic dataset (and those that protect memory)."""
     field = "trainer.options.{}".format
-    if not (_is_int(n_classes) and n_classes >= 2):
+    if not int_in(n_classes, 2, None):
         raise InvalidSpecError(field("n_classes"), f"is {n_classes!r}, but must be >= 2")
-    if not (_is_int(n_samples) and n_samples >= n_classes):
+    if not int_in(n_samples, n_classes, None):
         raise InvalidSpecError(
             field("n_samples"), f"is {n_samples!r}, but must be >= n_classes ({n_classes})"
         )
     if dataset == "synthetic-image":
         if not (image_shape is not None and len(image_shape) == 3
-                and all(_is_int(v) and v >= 1 for v in image_shape)):
+                and all(int_in(v, 1, None) for v in image_shape)):
             raise InvalidSpecError(
                 field("image_shape"), f"is {image_shape!r}, but must be 3 positive integers"
             )
         cells, what = math.prod(image_shape), "channels x height x width"
     else:
-        if not (_is_int(n_features) and cast(int, n_features) >= 1):
+        if not (int_in(n_features, 1, None)):
             raise InvalidSpecError(field("n_features"), f"is {n_features!r}, but must be >= 1")
         cells, what = cast(int, n_features), "n_features"
         # make_classification puts each class on a vertex of a hypercube of its informative
@@ -223,8 +223,14 @@ def _npz_name_problem(value: object) -> str | None:
     return None
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+def int_in(value: object, low: int, high: int | None) -> bool:
+    """Whether `value` is an integer in [low, high] (no upper bound when `high` is None).
+
+    bool is an int subclass, but `threads: true` is a mistake, not 1.
+    """
+    if not isinstance(value, int | np.integer) or isinstance(value, bool):
+        return False
+    return bool(low <= value and (high is None or value <= high))
 
 
 def _is_fraction(value: object) -> bool:

@@ -138,8 +138,7 @@ def _quantize(onnx_bytes: bytes, mode: str, calibration: np.ndarray | None) -> b
     with tempfile.TemporaryDirectory(prefix="edgetune-quantize-") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / f"{mode}.onnx"
         src.write_bytes(onnx_bytes)
-        # QAT weights learnt the int8 rounding; they are quantized like static ones.
-        quantize_onnx(src, dst, "int8-static" if mode == "qat" else mode, calibration)
+        quantize_onnx(src, dst, mode, calibration)
         return dst.read_bytes()
 
 

@@ -16,6 +16,8 @@ from edgetune.spaces import CategoricalParam, FixedParam, FloatParam, IntParam, 
 
 PRUNING = ("none", "magnitude", "channel")
 PRUNE_CRITERIA = ("l1", "bn")
+#: "qat" quantizes the exported file like "int8-static"; what differs is the fine-tuning
+#: with fake quantization before export.
 QUANTIZATION = ("fp32", "fp16", "int8-dynamic", "int8-static", "qat")
 
 #: Knob -> (what it means, the rule its values meet).
@@ -79,28 +81,40 @@ class Compression:
         return out
 
 
-def check_knobs(params: Sequence[Param], field_of: Mapping[str, str]) -> None:
-    """Raise `InvalidSpecError` for a knob whose values (any it can sample) break its rule.
+def check_knobs(
+    params: Sequence[Param], trainer: str,
+    allowed: Mapping[str, Sequence[ParamValue]] | None = None,
+) -> None:
+    """Raise `InvalidSpecError` for a parameter that can be sampled at a value its rule refuses.
 
-    `field_of` maps a parameter name to the JobSpec field to blame.
+    The rules are the knobs' own, and `allowed`: parameter -> the only values `trainer` takes
+    (the architectures it builds, say).
     """
+    allowed = allowed or {}
     for p in params:
-        if p.name not in KNOBS:
+        rule, only = KNOBS.get(p.name), allowed.get(p.name)
+        if rule is None and only is None:
             continue
-        values: list[ParamValue]
-        if isinstance(p, CategoricalParam):
-            values = list(p.choices)
-        elif isinstance(p, FixedParam):
-            values = [p.value]
-        elif isinstance(p, FloatParam | IntParam):
-            values = [p.low, p.high]
-        else:  # pragma: no cover - the Param union is closed
-            raise TypeError(type(p).__name__)
-        field = field_of.get(p.name, "space.params")
-        for value in values:
-            if not _fits(p.name, value):
-                raise InvalidSpecError(field, f"{p.name} can be {value!r}, but is the "
-                                              f"{KNOBS[p.name]}")
+        for value in _extremes(p):
+            if rule is not None and not _fits(p.name, value):
+                raise InvalidSpecError("space.params", f"{p.name} can be {value!r}, but is the "
+                                                       f"{rule}")
+            if only is not None and value not in only:
+                raise InvalidSpecError(
+                    "space.params", f"{p.name} can be {value!r}, but {trainer} takes only "
+                                    f"{', '.join(map(str, only))}"
+                )
+
+
+def _extremes(p: Param) -> list[ParamValue]:
+    """Every value `p` can take, or for a range its ends (the rules here are ranges or sets)."""
+    if isinstance(p, CategoricalParam):
+        return list(p.choices)
+    if isinstance(p, FixedParam):
+        return [p.value]
+    if isinstance(p, FloatParam | IntParam):
+        return [p.low, p.high]
+    raise TypeError(type(p).__name__)  # pragma: no cover - the Param union is closed
 
 
 def _fits(name: str, value: ParamValue) -> bool:

@@ -66,14 +66,13 @@ def teacher_logits(trainer: ClassifierTrainer, data: Any) -> np.ndarray:
 def _train_builtin(trainer: ClassifierTrainer, data: Any) -> np.ndarray:
     import torch
 
-    from edgetune.trainers._classifier import _Loop, pick_device
+    from edgetune.trainers._classifier import TrainingLoop, pick_device
     from edgetune.trainers.knobs import Compression
 
     device = pick_device(str(trainer.spec.options.get("device") or "auto"))
     model = trainer.teacher_model(data).to(device)
-    accuracies: list[float] = []
-    loop = _Loop(trainer, {"lr": 0.005}, Compression(), data, device, None,
-                 lambda epoch, accuracy: accuracies.append(accuracy))
+    loop = TrainingLoop(trainer, {"lr": 0.005}, Compression(), data, device, None,
+                 lambda epoch, accuracy: None)
     loop.train(model, first=1, last=trainer.spec.epochs)
     logger.info("built-in teacher trained: validation accuracy %.4f", loop.accuracy)
     model.eval()

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgetune.trainers.compression import (
-    QUANTIZATION_MODES,
     ChannelPrunable,
     bn_l1_penalty,
     channel_prune,
@@ -293,8 +292,9 @@ def test_bn_l1_penalty_is_the_sum_of_bn_scales_and_has_a_gradient(model: nn.Modu
 # --- quantization ----------------------------------------------------------------------------
 
 
-def test_quantization_modes_are_exported() -> None:
-    assert QUANTIZATION_MODES == ("fp32", "fp16", "int8-dynamic", "int8-static", "qat")
+def test_an_unknown_quantization_mode_is_refused(fp32_onnx: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"'int4', but must be one of 'fp32', 'fp16'"):
+        quantize_onnx(fp32_onnx, tmp_path / "q.onnx", "int4")
 
 
 def test_int8_static_keeps_accuracy_and_shrinks_the_file(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header
@@ -11,7 +10,7 @@ from fastapi.responses import FileResponse, Response
 
 from edgetune.errors import NotFoundError
 from edgetune.schemas import ErrorPublic
-from edgetune.storage.artifacts import ARTIFACT_FORMATS, artifact_path
+from edgetune.storage.artifacts import SHA256, find_artifact
 
 from ..deps import SettingsDep
 
@@ -19,7 +18,7 @@ router = APIRouter(prefix="/artifacts", tags=["artifacts"])
 
 Sha256 = Annotated[
     str,
-    PathParam(pattern="^[0-9a-f]{64}$",
+    PathParam(pattern=f"^{SHA256.pattern}$",
               description="The artifact's sha256, as 64 lowercase hex digits."),
 ]
 # Neither ONNX nor TorchScript has a registered media type; octet-stream makes clients save
@@ -54,15 +53,6 @@ def get_artifact(
     if if_none_match is not None and _matches(if_none_match, etag):
         return Response(status_code=304, headers=headers)
     return FileResponse(path, media_type=MEDIA_TYPE, filename=path.name, headers=headers)
-
-
-def find_artifact(artifact_dir: Path, sha256: str) -> Path | None:
-    """The stored file of the artifact with this hash, in whichever format it was exported."""
-    for format in ARTIFACT_FORMATS:
-        path = artifact_path(artifact_dir, sha256, format)
-        if path.is_file():
-            return path
-    return None
 
 
 def _matches(if_none_match: str, etag: str) -> bool:

@@ -85,14 +85,12 @@ class OptunaBackend:
         storage_url: str,
         artifact_dir: str,
         latency: MeasureConfig,
-        data_dir: str | None = None,
         poll_interval_s: float = 0.5,
         heartbeat_interval_s: float = 5.0,
         context: BaseContext | None = None,
     ) -> None:
         self.storage_url = storage_url
         self.artifact_dir = artifact_dir
-        self.data_dir = data_dir
         self.latency = latency
         self.poll_interval_s = poll_interval_s
         self.heartbeat_interval_s = heartbeat_interval_s
@@ -203,7 +201,6 @@ class OptunaBackend:
             params=params,
             spec_json=spec.model_dump_json(),
             artifact_dir=self.artifact_dir,
-            data_dir=self.data_dir,
             report_to_pruner=report_to_pruner,
             latency=self.latency,
         )
