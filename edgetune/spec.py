@@ -22,6 +22,11 @@ METRICS: dict[str, Direction] = {
     "params": "minimize",
     "flops": "minimize",  # of one forward pass at batch size 1, by torch's flop counter
     "sparsity": "maximize",  # share of zero weights
+    # The objectives of the `function` trainer's test problems (ZDT1, DTLZ2, sphere), which
+    # check a search's settings in seconds.
+    "f1": "minimize",
+    "f2": "minimize",
+    "f3": "minimize",
 }
 LOCAL_DEVICE = "local"
 
@@ -126,11 +131,15 @@ class ConstraintSpec(_Spec):
 
 
 class AlgorithmSpec(_Spec):
-    """How to search: the backend, the sampler and the pruner (names from the registry)."""
+    """How to search: the backend, the sampler and the pruner or scheduler (registry names)."""
 
-    backend: Literal["optuna"] = "optuna"
+    backend: Literal["optuna", "ray"] = "optuna"
     sampler: str = Field(default="tpe", pattern=NAME)
     pruner: str = Field(default="none", pattern=NAME)
+    options: dict[Annotated[str, Field(pattern=NAME)], OptionValue] = Field(
+        default_factory=dict, max_length=32,
+        description="Sampler and pruner settings, such as the RL controller's reward.",
+    )
 
 
 class BudgetSpec(_Spec):

@@ -15,6 +15,7 @@ __all__ = ["FitResult", "Report", "Trainer", "available_trainers", "get_trainer_
 _BUILTIN = {
     "image-classifier": "edgetune.trainers._image:ImageClassifier",
     "tabular-classifier": "edgetune.trainers._tabular:TabularClassifier",
+    "function": "edgetune.trainers._function:FunctionTrainer",
 }
 
 

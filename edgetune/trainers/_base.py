@@ -11,20 +11,23 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from edgetune.spaces import Param, ParamValue
 
 if TYPE_CHECKING:
-    from edgetune.spec import TrainerSpec
+    from edgetune.spec import JobSpec, TrainerSpec
 
-#: Called by a trainer after each epoch with (epoch, validation accuracy); epochs count from 1.
-#: It raises `edgetune.errors.TrialPruned` when the pruner stops the trial, and the trainer
-#: lets that exception through.
-Report = Callable[[int, float], None]
+#: Called by a trainer after each epoch with the epoch (counting from 1) and the metrics known
+#: at that point: at least the trainer's `progress_metrics` (validation accuracy for the
+#: classifiers). It raises `edgetune.errors.TrialPruned` when the pruner stops the trial, and
+#: the trainer lets that exception through.
+Report = Callable[[int, Mapping[str, float]], None]
 
 
 @dataclass
 class FitResult:
     """What `Trainer.fit` hands back: the model to export and the metrics it reached."""
 
-    model: Any  # torch.nn.Module; typed loosely so this module never imports torch
-    example_input: Any  # torch.Tensor of the model's input shape, batch size 1
+    #: torch.nn.Module (typed loosely so this module never imports torch); None when there is
+    #: no model to export (the `function` trainer), and `metrics` hold every objective.
+    model: Any
+    example_input: Any = None  # torch.Tensor of the model's input shape, batch size 1
     metrics: dict[str, float] = field(default_factory=dict)  # at least "accuracy"
     #: Precision of the exported model: one of `edgetune.trainers.knobs.QUANTIZATION`; the
     #: framework quantizes the exported file ("qat" models are quantized like "int8-static").
@@ -52,6 +55,15 @@ class Trainer(abc.ABC):
     name: ClassVar[str]
     #: The datasets this trainer can load, by name.
     datasets: ClassVar[tuple[str, ...]]
+    #: The metrics a trial of this trainer measures (the objectives a job may name).
+    metrics: ClassVar[tuple[str, ...]] = (
+        "accuracy", "latency_ms", "size_bytes", "params", "flops", "sparsity",
+    )
+    #: The metrics each `report` carries, which pruners and schedulers compare between epochs.
+    progress_metrics: ClassVar[tuple[str, ...]] = ("accuracy",)
+    #: Parameters that may change between epochs of one trial without rebuilding the model
+    #: (what PBT explores when it restarts a trial from another one's checkpoint).
+    mutable_params: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(
         self, spec: TrainerSpec, *, data_dir: Path | None = None, cache_dir: Path | None = None
@@ -69,6 +81,28 @@ class Trainer(abc.ABC):
     @classmethod
     def validate_space(cls, params: Sequence[Param]) -> None:
         """Raise `InvalidSpecError` for parameter values this trainer cannot honour. No I/O."""
+
+    @classmethod
+    def validate_job(cls, spec: JobSpec, params: Sequence[Param]) -> None:
+        """Raise `InvalidSpecError` for rules across a job's parts; `params` is its resolved
+        space. Called after `validate_spec` and `validate_space`. Checks by default that every
+        objective and constraint is a metric this trainer measures."""
+        from edgetune.errors import InvalidSpecError
+
+        named = [(f"objectives.{i}.name", o.name) for i, o in enumerate(spec.objectives)]
+        named += [(f"constraints.{i}.metric", c.metric) for i, c in enumerate(spec.constraints)]
+        for where, metric in named:
+            if metric not in cls.metrics:
+                raise InvalidSpecError(
+                    where, f"{cls.name} does not measure {metric!r}; it measures: "
+                           f"{', '.join(cls.metrics)}"
+                )
+
+    @classmethod
+    def is_mutable(cls, name: str) -> bool:
+        """Whether parameter `name` may change between epochs of one trial (see
+        `mutable_params`)."""
+        return name in cls.mutable_params
 
     @abc.abstractmethod
     def fit(

@@ -50,6 +50,10 @@ class ClassifierTrainer(Trainer):
     allowed_values: ClassVar[dict[str, tuple[ParamValue, ...]]] = {}
     #: Skip a last batch of one sample (batch norm cannot train on it).
     skip_single_sample_batches: ClassVar[bool] = False
+    #: `params` and `flops` are known from the architecture before training, so multi-objective
+    #: early stopping can rank candidates on them (and on FLOPs in place of latency).
+    progress_metrics: ClassVar[tuple[str, ...]] = ("accuracy", "params", "flops")
+    mutable_params: ClassVar[frozenset[str]] = frozenset({"lr", "weight_decay"})
 
     @classmethod
     def validate_spec(cls, spec: TrainerSpec) -> None:
@@ -157,6 +161,7 @@ class TrainingLoop:
         self.accuracy = 0.0
         self.epoch = 0
         self.removed_channels = 0
+        self.architecture: dict[str, float] = {}
 
     def optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         import torch
@@ -180,6 +185,13 @@ class TrainingLoop:
         optimizer = self.optimizer(model)
         if checkpoint_dir is not None:
             first = max(first, self._restore(checkpoint_dir, model, optimizer) + 1)
+        if not self.architecture:
+            from edgetune.trainers.export import count_params
+            from edgetune.trainers.models import count_flops
+
+            example = self.x_train[:1]
+            self.architecture = {"params": float(count_params(model)),
+                                 "flops": float(count_flops(model, example))}
         loss_fn = nn.CrossEntropyLoss()
         batch = self.trainer.spec.batch_size
         smallest = 2 if self.trainer.skip_single_sample_batches else 1
@@ -213,7 +225,7 @@ class TrainingLoop:
             )
             if checkpoint_dir is not None:
                 self._save(checkpoint_dir, model, optimizer)
-            self.report(epoch, self.accuracy)
+            self.report(epoch, {"accuracy": self.accuracy, **self.architecture})
 
     def compress(self, model: torch.nn.Module) -> torch.nn.Module:
         """Prune, fine-tune and prepare for quantization as the knobs say; the final model."""
@@ -226,6 +238,7 @@ class TrainingLoop:
             self.removed_channels = compression.channel_prune(
                 model, knobs.prune_amount, knobs.prune_criterion
             )
+            self.architecture = {}  # fewer channels: measured again when fine-tuning starts
         if knobs.prune != "none":
             self.fine_tune(model)
         if knobs.quantization == "qat":
@@ -273,6 +286,11 @@ class TrainingLoop:
         state = torch.load(path, map_location=self.device, weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:
+            # The checkpoint may come from another trial (a PBT exploit): this trial's
+            # hyperparameters win over the ones saved with the optimizer's state.
+            group["lr"] = float(self.params.get("lr", 0.01))
+            group["weight_decay"] = float(self.params.get("weight_decay", 0.0))
         self.generator.set_state(state["generator"])
         self.epoch, self.accuracy = int(state["epoch"]), float(state["accuracy"])
         return self.epoch

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pytest
 import torch
 
@@ -17,7 +19,7 @@ def fit(params=PARAMS, data_dir=None, **spec):
     trainer = get_trainer_class("image-classifier")(TrainerSpec(epochs=2, seed=0, **spec),
                                                     data_dir=data_dir)
     reports: list[tuple[int, float]] = []
-    result = trainer.fit(params, report=lambda e, a: reports.append((e, a)))
+    result = trainer.fit(params, report=lambda e, m: reports.append((e, m["accuracy"])))
     return result, reports
 
 
@@ -58,7 +60,7 @@ def test_architecture_follows_the_params() -> None:
 def test_a_pruner_stop_propagates() -> None:
     trainer = get_trainer_class("image-classifier")(TrainerSpec(epochs=5))
 
-    def report(epoch: int, accuracy: float) -> None:
+    def report(epoch: int, metrics: Mapping[str, float]) -> None:
         raise TrialPruned({"epoch": epoch})
 
     with pytest.raises(TrialPruned):

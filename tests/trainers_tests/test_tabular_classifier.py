@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 
 import numpy as np
 import optuna
@@ -25,7 +26,7 @@ def fit(params=PARAMS, **spec):
             "seed": 0, **spec}
     trainer = get_trainer_class("tabular-classifier")(TrainerSpec(**spec))
     reports: list[tuple[int, float]] = []
-    result = trainer.fit(params, report=lambda e, a: reports.append((e, a)))
+    result = trainer.fit(params, report=lambda e, m: reports.append((e, m["accuracy"])))
     return result, reports
 
 
@@ -90,7 +91,7 @@ def test_an_unknown_activation_is_refused() -> None:
 
 
 def test_a_pruner_stop_propagates() -> None:
-    def report(epoch: int, accuracy: float) -> None:
+    def report(epoch: int, metrics: Mapping[str, float]) -> None:
         raise TrialPruned({"epoch": epoch})
 
     trainer = TabularClassifier(TrainerSpec(name="tabular-classifier", dataset="iris"))

@@ -34,7 +34,7 @@ def fit(params, *, epochs=2, checkpoint_dir=None, tmp=None, **options):
     spec = TrainerSpec(name="image-classifier", epochs=epochs, seed=0, options=options)
     trainer = get_trainer_class("image-classifier")(spec, data_dir=tmp, cache_dir=tmp)
     reports: list[tuple[int, float]] = []
-    result = trainer.fit(params, report=lambda e, a: reports.append((e, a)),
+    result = trainer.fit(params, report=lambda e, m: reports.append((e, m["accuracy"])),
                          checkpoint_dir=checkpoint_dir)
     return result, reports
 
@@ -160,7 +160,7 @@ def test_distillation_changes_what_the_student_learns(tmp_path: Path) -> None:
         trainer = get_trainer_class("tabular-classifier")(spec, data_dir=tmp_path,
                                                           cache_dir=tmp_path)
         return trainer.fit({"n_layers": 1, "width": 16, "distill_alpha": alpha},
-                           report=lambda e, a: None)
+                           report=lambda e, m: None)
 
     plain, distilled = run(0.0), run(0.9)
     assert "distill_alpha" not in plain.compression
