@@ -1,0 +1,146 @@
+"""Grid search over a space's active combinations: every point once, in a seeded order.
+
+Optuna's `GridSampler` crosses every parameter with every other, so a conditional parameter
+repeats each of its values for every value of its target, even where it is inactive. This grid
+enumerates only the combinations `suggest` can produce, and keeps Optuna's way of sharing the
+work: which points are taken is read from the study's trials (system attribute `grid:id`), so
+several workers and a restarted one never run a point twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from edgetune.spaces import (
+    CategoricalParam,
+    FixedParam,
+    FloatParam,
+    IntParam,
+    Param,
+    ParamValue,
+)
+
+GRID_ID_KEY = "grid:id"
+#: Grids larger than this are refused: enumerating them is slow and no job runs them out.
+MAX_GRID_POINTS = 1_000_000
+
+
+class InfiniteGridError(ValueError):
+    """The space has a parameter with no finite list of values, or too many points."""
+
+
+def grid_values(p: Param) -> list[ParamValue]:
+    """The values a grid takes for `p`; raises `InfiniteGridError` for a float without step."""
+    if isinstance(p, CategoricalParam):
+        return list(p.choices)
+    if isinstance(p, FixedParam):
+        return [p.value]
+    if isinstance(p, IntParam):
+        if p.log and p.step not in (None, 1):  # pragma: no cover - refused by IntParam
+            raise InfiniteGridError(f"{p.name}: a log int takes no step")
+        return list(range(p.low, p.high + 1, p.step or 1))
+    if isinstance(p, FloatParam):
+        if p.step is None:
+            raise InfiniteGridError(
+                f"{p.name} is a float without `step`, so a grid cannot list its values; "
+                "give it a step or `choices`"
+            )
+        n = round((p.high - p.low) / p.step)
+        return [round(p.low + i * p.step, 12) for i in range(n + 1)]
+    raise TypeError(f"unknown parameter type {type(p).__name__}")  # pragma: no cover
+
+
+def grid_points(params: Sequence[Param]) -> list[dict[str, ParamValue]]:
+    """Every combination of active values of a resolved space (targets before conditions)."""
+    sizes = 1
+    values = {}
+    for p in params:
+        values[p.name] = grid_values(p)
+        sizes *= len(values[p.name])
+    if sizes > MAX_GRID_POINTS * 100:
+        # Even before conditions cut it down, the product is far too large to enumerate.
+        raise InfiniteGridError(
+            f"the grid has about {sizes:.3g} points; at most {MAX_GRID_POINTS:,} are allowed"
+        )
+    points: list[dict[str, ParamValue]] = [{}]
+    for p in params:
+        grown = []
+        for point in points:
+            if p.condition is not None and not p.condition.holds(point):
+                grown.append(point)
+                continue
+            grown.extend({**point, p.name: v} for v in values[p.name])
+        points = grown
+        if len(points) > MAX_GRID_POINTS:
+            raise InfiniteGridError(
+                f"the grid has more than {MAX_GRID_POINTS:,} points; narrow the space"
+            )
+    return points
+
+
+class SpaceGridSampler(optuna.samplers.BaseSampler):
+    """Visits every point of `grid_points(params)` once, unvisited points first.
+
+    Each trial takes a point in `before_trial`, chosen at random (seeded by the trial's number)
+    among those no other finished or running trial took, and stores its index as a system
+    attribute; `sample_independent` answers from that point. Once every point is taken, a trial
+    repeats a random point: the backend caps the job at `len(points)` trials, so this happens
+    only when workers race for the last points.
+    """
+
+    def __init__(self, params: Sequence[Param], *, seed: int | None = None) -> None:
+        self._points = grid_points(params)
+        self._seed = seed
+
+    def __len__(self) -> int:
+        return len(self._points)
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        return {}
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return {}
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if GRID_ID_KEY in trial.system_attrs:  # a retried or enqueued trial keeps its point
+            return
+        taken = {
+            t.system_attrs[GRID_ID_KEY]
+            for t in study._storage.get_all_trials(study._study_id, deepcopy=False)
+            if GRID_ID_KEY in t.system_attrs
+            and t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        }
+        rng = np.random.default_rng([self._seed or 0, trial.number])
+        free = [i for i in range(len(self._points)) if i not in taken]
+        point = int(rng.choice(free)) if free else int(rng.integers(len(self._points)))
+        study._storage.set_trial_system_attr(trial._trial_id, GRID_ID_KEY, point)
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+        param_distribution: BaseDistribution,
+    ) -> Any:
+        point = self._points[trial.system_attrs[GRID_ID_KEY]]
+        if param_name not in point:
+            raise ValueError(
+                f"{param_name!r} is not active at grid point {point}; the grid and the "
+                "space it was built from disagree"
+            )
+        return param_distribution.to_external_repr(
+            param_distribution.to_internal_repr(point[param_name])
+        )
+
+
+def grid_size(params: Sequence[Param]) -> int:
+    """How many points the grid of `params` has (raises `InfiniteGridError` when unbounded)."""
+    return len(grid_points(params))
+
