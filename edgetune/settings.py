@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     latency_min_repeats: int = Field(default=30, ge=1, le=1_000_000)
     latency_min_time_s: float = Field(default=0.2, ge=0, le=600)
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    ray_address: str | None = Field(
+        default=None,
+        description="Ray cluster for jobs on the ray backend (`ray://host:10001` or "
+                    "`host:6379`); unset starts a local Ray in the worker.",
+    )
+    ray_cpus_per_trial: float = Field(default=1.0, gt=0, le=1024)
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:

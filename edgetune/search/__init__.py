@@ -5,8 +5,8 @@ from __future__ import annotations
 from edgetune.search.registry import (
     PRUNERS,
     SAMPLERS,
+    AlgorithmContext,
     PrunerEntry,
-    SamplerContext,
     SamplerEntry,
     register_pruner,
     register_sampler,
@@ -16,8 +16,8 @@ from edgetune.search.validation import validate_job_spec
 __all__ = [
     "PRUNERS",
     "SAMPLERS",
+    "AlgorithmContext",
     "PrunerEntry",
-    "SamplerContext",
     "SamplerEntry",
     "register_pruner",
     "register_sampler",

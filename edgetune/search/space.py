@@ -64,3 +64,19 @@ def to_optuna_distributions(
         elif isinstance(p, CategoricalParam):
             distributions[p.name] = CategoricalDistribution(p.choices)
     return distributions
+
+
+def clip_to_space(values: dict[str, ParamValue], params: Sequence[Param]) -> dict[str, ParamValue]:
+    """`values` moved to the nearest valid value of each parameter: within bounds, on the step,
+    an int for an int; a categorical value that is not a choice keeps its old place. Used on
+    values that an algorithm changed outside the sampler (PBT's perturbations)."""
+    out = dict(values)
+    for p in params:
+        if p.name not in out or not isinstance(p, FloatParam | IntParam):
+            continue
+        value = min(max(float(out[p.name]), p.low), p.high)
+        if p.step is not None:
+            value = p.low + round((value - p.low) / p.step) * p.step
+            value = min(value, p.high)
+        out[p.name] = round(value) if isinstance(p, IntParam) else value
+    return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,7 @@ from edgetune.spaces import ParamValue
 from edgetune.spec import JobSpec
 
 if TYPE_CHECKING:
-    from edgetune.trainers import FitResult
+    from edgetune.trainers import FitResult, Report
     from edgetune.trainers.export import Artifact
 
 logger = logging.getLogger(__name__)
@@ -70,33 +71,57 @@ def run_trial_process(task: TrialTask, conn: Any) -> None:
 
 
 def _run(task: TrialTask) -> dict[str, Any]:
+    spec = JobSpec.model_validate_json(task.spec_json)
+    report = _reporter(task, spec)
+    return train_and_measure(
+        spec, task.params, artifact_dir=Path(task.artifact_dir), study_name=task.study_name,
+        latency=task.latency, report=report,
+    )
+
+
+def train_and_measure(
+    spec: JobSpec, params: dict[str, ParamValue], *, artifact_dir: Path, study_name: str,
+    latency: MeasureConfig, report: Report, checkpoint_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Train one candidate, export it and measure it on the job's devices; any backend's
+    trial runs this. Returns the result a backend tells the study (state, metrics, attrs)."""
     from edgetune.devices import measure_latency
     from edgetune.trainers import get_trainer_class
 
-    spec = JobSpec.model_validate_json(task.spec_json)
     trainer_spec = spec.trainer.model_copy(
         update={"seed": spec.trainer.seed if spec.trainer.seed is not None else (spec.seed or 0)}
     )
     # The server's data directory (datasets, teacher models): artifacts live in its
     # `artifacts/` (`Settings.artifact_dir`).
-    data_dir = Path(task.artifact_dir).parent
+    data_dir = artifact_dir.parent
     trainer = get_trainer_class(trainer_spec.name)(
-        trainer_spec, data_dir=data_dir, cache_dir=data_dir / "cache" / task.study_name
+        trainer_spec, data_dir=data_dir, cache_dir=data_dir / "cache" / study_name
     )
     history: list[float] = []
-    report = _reporter(task, spec, history)
 
-    fit = trainer.fit(task.params, report=report)
-    artifact, metrics, attrs = export_fit(fit, Path(task.artifact_dir))
-    attrs["val_accuracy_history"] = history
+    def recording(epoch: int, metrics: Mapping[str, float]) -> None:
+        if "accuracy" in metrics:
+            history.append(float(metrics["accuracy"]))
+        try:
+            report(epoch, metrics)
+        except TrialPruned as e:
+            e.args[0].setdefault("user_attrs", {})["val_accuracy_history"] = list(history)
+            raise
+
+    fit = trainer.fit(params, report=recording, checkpoint_dir=checkpoint_dir)
+    if fit.model is None:  # nothing to export: the trainer measured every metric itself
+        return {"state": "complete", "metrics": dict(fit.metrics), "user_attrs": {}}
+    artifact, metrics, attrs = export_fit(fit, artifact_dir)
+    if history:
+        attrs["val_accuracy_history"] = history
     for device in spec.devices:
         # Only the built-in `local` device exists so far; it measures in this process.
-        latency = measure_latency(
+        measured = measure_latency(
             artifact.path, runtime=artifact.runtime, input_shape=tuple(fit.example_input.shape),
-            config=task.latency,
+            config=latency,
         )
-        metrics[f"latency_ms@{device}"] = latency.p50_ms
-        attrs[f"latency@{device}"] = latency.as_dict()
+        metrics[f"latency_ms@{device}"] = measured.p50_ms
+        attrs[f"latency@{device}"] = measured.as_dict()
     return {"state": "complete", "metrics": metrics, "user_attrs": attrs}
 
 
@@ -138,29 +163,44 @@ def export_fit(
     return artifact, metrics, attrs
 
 
-def _reporter(task: TrialTask, spec: JobSpec, history: list[float]) -> Any:
-    trial = None
-    if task.report_to_pruner:
-        import optuna
+def _reporter(task: TrialTask, spec: JobSpec) -> Report:
+    """What `report` does in a trial of the optuna backend: nothing without a pruner; with one,
+    hand the epoch's progress to it through the study and raise `TrialPruned` when it says
+    stop. One objective goes through Optuna's `Trial.report`; several (mo-asha) through the
+    vectors `report_values` stores, since Optuna refuses intermediate values for them."""
+    if not task.report_to_pruner:
+        return lambda epoch, metrics: None
 
-        from edgetune.search.registry import PRUNERS
-        from edgetune.storage import optuna_storage
+    import optuna
 
-        study = optuna.load_study(
-            study_name=task.study_name,
-            storage=optuna_storage(task.storage_url),
-            sampler=optuna.samplers.RandomSampler(),  # params are already sampled
-            pruner=PRUNERS[spec.algorithm.pruner].build(),
-        )
-        trial = optuna.trial.Trial(study, task.trial_id)
+    from edgetune.search.registry import PRUNERS, AlgorithmContext, progress_metric
+    from edgetune.search.schedulers import report_values
+    from edgetune.spaces import resolve_space
+    from edgetune.storage import optuna_storage
+    from edgetune.trainers import get_trainer_class
 
-    def report(epoch: int, accuracy: float) -> None:
-        history.append(accuracy)
-        if trial is None:
-            return
-        trial.report(accuracy, step=epoch)
-        if trial.should_prune():
-            raise TrialPruned({"metrics": {"accuracy": accuracy}, "pruned_at_epoch": epoch,
-                               "user_attrs": {"val_accuracy_history": list(history)}})
+    build = PRUNERS[spec.algorithm.pruner].optuna
+    assert build is not None  # validation admits optuna-backend pruners only
+    pruner = build(AlgorithmContext(spec, resolve_space(spec.space.name, spec.space.params)))
+    study = optuna.load_study(
+        study_name=task.study_name,
+        storage=optuna_storage(task.storage_url),
+        sampler=optuna.samplers.RandomSampler(),  # params are already sampled
+        pruner=pruner,
+    )
+    trial = optuna.trial.Trial(study, task.trial_id)
+    reported = get_trainer_class(spec.trainer.name).progress_metrics
+    keys = [progress_metric(o.name, reported) for o in spec.objectives]
+
+    def report(epoch: int, metrics: Mapping[str, float]) -> None:
+        values = [float(metrics[k]) for k in keys if k is not None]
+        if len(values) == 1:
+            trial.report(values[0], step=epoch)
+            stop = trial.should_prune()
+        else:
+            report_values(study, task.trial_id, epoch, values)
+            stop = pruner.prune(study, study._storage.get_trial(task.trial_id))
+        if stop:
+            raise TrialPruned({"metrics": dict(metrics), "user_attrs": {"pruned_at_epoch": epoch}})
 
     return report

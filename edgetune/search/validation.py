@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 from edgetune.errors import InvalidSpecError
-from edgetune.search.registry import PRUNERS, SAMPLERS
-from edgetune.spaces import resolve_space
+from edgetune.search.registry import OPTIONS, PRUNERS, SAMPLERS, pbt_mutable, progress_metric
+from edgetune.search.samplers import InfiniteGridError
+from edgetune.spaces import Param, resolve_space
 from edgetune.spec import LOCAL_DEVICE, JobSpec
-from edgetune.trainers import get_trainer_class
+from edgetune.trainers import Trainer, get_trainer_class
 
 KNOWN_DEVICES = (LOCAL_DEVICE,)
 
@@ -37,62 +40,10 @@ def validate_job_spec(spec: JobSpec) -> None:
     if not params:
         raise InvalidSpecError("space", "the space has no parameters to search")
     trainer_cls.validate_space(params)
-
-    algorithm = spec.algorithm
-    sampler = SAMPLERS.get(algorithm.sampler)
-    if sampler is None:
-        raise InvalidSpecError(
-            "algorithm.sampler",
-            f"unknown sampler {algorithm.sampler!r}; known samplers: {', '.join(SAMPLERS)}",
-        )
-    multi = len(spec.objectives) > 1
-    if multi and not sampler.multi_objective:
-        fits = [n for n, e in SAMPLERS.items() if e.multi_objective]
-        raise InvalidSpecError(
-            "algorithm.sampler",
-            f"{algorithm.sampler!r} optimizes one objective, but the job has "
-            f"{len(spec.objectives)}; samplers for several: {', '.join(fits)}",
-        )
-    if algorithm.backend not in sampler.backends:
-        raise InvalidSpecError(
-            "algorithm.sampler",
-            f"{algorithm.sampler!r} does not run on the {algorithm.backend!r} backend; "
-            f"it runs on: {', '.join(sampler.backends)}",
-        )
-    if spec.constraints and not sampler.constraints:
-        fits = [n for n, e in SAMPLERS.items() if e.constraints]
-        raise InvalidSpecError(
-            "algorithm.sampler",
-            f"{algorithm.sampler!r} cannot steer by constraints; samplers that can: "
-            f"{', '.join(fits)}",
-        )
-
-    pruner = PRUNERS.get(algorithm.pruner)
-    if pruner is None:
-        raise InvalidSpecError(
-            "algorithm.pruner",
-            f"unknown pruner {algorithm.pruner!r}; known pruners: {', '.join(PRUNERS)}",
-        )
-    if algorithm.pruner != "none":
-        if multi and not pruner.multi_objective:
-            fits = [n for n, e in PRUNERS.items() if e.multi_objective]
-            raise InvalidSpecError(
-                "algorithm.pruner",
-                f"{algorithm.pruner!r} stops trials on one objective, but the job has "
-                f"{len(spec.objectives)}; pruners for several: {', '.join(fits)}",
-            )
-        if not multi and spec.objectives[0].name != "accuracy":
-            raise InvalidSpecError(
-                "algorithm.pruner",
-                f"{algorithm.pruner!r} compares validation accuracy during training, so the "
-                f"objective must be accuracy, not {spec.objectives[0].name!r}",
-            )
-        if algorithm.backend not in pruner.backends:
-            raise InvalidSpecError(
-                "algorithm.pruner",
-                f"{algorithm.pruner!r} does not run on the {algorithm.backend!r} backend; "
-                f"it runs on: {', '.join(pruner.backends)}",
-            )
+    trainer_cls.validate_job(spec, params)
+    _check_sampler(spec, params)
+    _check_pruner(spec, params, trainer_cls)
+    _check_options(spec)
 
     named = [(f"objectives.{i}.device", o.device) for i, o in enumerate(spec.objectives)]
     named += [(f"constraints.{i}.device", c.device) for i, c in enumerate(spec.constraints)]
@@ -102,3 +53,122 @@ def validate_job_spec(spec: JobSpec) -> None:
                 field,
                 f"unknown device {device!r}; registered devices: {', '.join(KNOWN_DEVICES)}",
             )
+
+
+def _check_sampler(spec: JobSpec, params: list[Param]) -> None:
+    algorithm = spec.algorithm
+    sampler = SAMPLERS.get(algorithm.sampler)
+    if sampler is None:
+        raise InvalidSpecError(
+            "algorithm.sampler",
+            f"unknown sampler {algorithm.sampler!r}; known samplers: {', '.join(SAMPLERS)}",
+        )
+    n = len(spec.objectives)
+    if n > 1 and not sampler.multi_objective:
+        fits = [name for name, e in SAMPLERS.items() if e.multi_objective]
+        raise InvalidSpecError(
+            "algorithm.sampler",
+            f"{algorithm.sampler!r} optimizes one objective, but the job has {n}; samplers "
+            f"for several: {', '.join(fits)}",
+        )
+    if n == 1 and not sampler.single_objective:
+        fits = [name for name, e in SAMPLERS.items() if e.single_objective]
+        raise InvalidSpecError(
+            "algorithm.sampler",
+            f"{algorithm.sampler!r} is made for several objectives, but the job has one; "
+            f"samplers for one: {', '.join(fits)}",
+        )
+    if algorithm.backend not in sampler.backends:
+        raise InvalidSpecError(
+            "algorithm.sampler",
+            f"{algorithm.sampler!r} does not run on the {algorithm.backend!r} backend; "
+            f"it runs on: {', '.join(sampler.backends)}",
+        )
+    if spec.constraints and not sampler.constraints:
+        fits = [name for name, e in SAMPLERS.items() if e.constraints]
+        raise InvalidSpecError(
+            "algorithm.sampler",
+            f"{algorithm.sampler!r} cannot steer by constraints; samplers that can: "
+            f"{', '.join(fits)}",
+        )
+    if sampler.max_trials is not None:
+        try:
+            sampler.max_trials(params)
+        except InfiniteGridError as e:
+            raise InvalidSpecError("space.params", f"{algorithm.sampler}: {e}") from e
+
+
+def _check_pruner(spec: JobSpec, params: list[Param], trainer_cls: type[Trainer]) -> None:
+    algorithm = spec.algorithm
+    pruner = PRUNERS.get(algorithm.pruner)
+    if pruner is None:
+        raise InvalidSpecError(
+            "algorithm.pruner",
+            f"unknown pruner {algorithm.pruner!r}; known pruners and schedulers: "
+            f"{', '.join(PRUNERS)}",
+        )
+    backend = algorithm.backend
+    if backend not in pruner.backends:
+        here = [name for name, e in PRUNERS.items() if backend in e.backends]
+        raise InvalidSpecError(
+            "algorithm.pruner",
+            f"{algorithm.pruner!r} runs on the {' and '.join(pruner.backends)} backend, not "
+            f"on {backend!r} (set algorithm.backend); on {backend!r}: {', '.join(here)}",
+        )
+    if backend == "ray" and importlib.util.find_spec("ray") is None:
+        raise InvalidSpecError(
+            "algorithm.backend",
+            "the ray backend needs Ray, which is not installed on the server; install it "
+            "with `pip install 'edgetune[ray]'`, or use the optuna backend",
+        )
+    if algorithm.pruner == "none":
+        return
+    n = len(spec.objectives)
+    if n > 1 and not pruner.multi_objective:
+        fits = [name for name, e in PRUNERS.items()
+                if e.multi_objective and name != "none" and backend in e.backends]
+        raise InvalidSpecError(
+            "algorithm.pruner",
+            f"{algorithm.pruner!r} stops trials on one objective, but the job has {n}; "
+            + (f"for several: {', '.join(fits)}" if fits else
+               "mo-asha stops multi-objective trials on the optuna backend"),
+        )
+    if n == 1 and not pruner.single_objective:
+        fits = [name for name, e in PRUNERS.items()
+                if e.single_objective and name != "none" and backend in e.backends]
+        raise InvalidSpecError(
+            "algorithm.pruner",
+            f"{algorithm.pruner!r} ranks several objectives, but the job has one; for one "
+            f"on {backend!r}: {', '.join(fits)}",
+        )
+    reported = trainer_cls.progress_metrics
+    for i, o in enumerate(spec.objectives):
+        if progress_metric(o.name, reported) is None:
+            raise InvalidSpecError(
+                f"objectives.{i}.name",
+                f"{algorithm.pruner!r} compares trials during training, but "
+                f"{trainer_cls.name} reports only {', '.join(reported)} before a trial ends, "
+                f"not {o.name!r}",
+            )
+    if pruner.mutates and not pbt_mutable(spec, params):
+        raise InvalidSpecError(
+            "algorithm.pruner",
+            f"{algorithm.pruner!r} changes training parameters during a trial, but the space "
+            f"has none that {trainer_cls.name} can change without rebuilding the model "
+            f"({', '.join(sorted(trainer_cls.mutable_params)) or 'none'})",
+        )
+
+
+def _check_options(spec: JobSpec) -> None:
+    algorithm = spec.algorithm
+    read = set(SAMPLERS[algorithm.sampler].options) | set(PRUNERS[algorithm.pruner].options)
+    for key, value in algorithm.options.items():
+        field = f"algorithm.options.{key}"
+        if key not in read:
+            raise InvalidSpecError(
+                field,
+                f"neither {algorithm.sampler!r} nor {algorithm.pruner!r} reads it; they read: "
+                f"{', '.join(sorted(read)) or 'nothing'}",
+            )
+        if not OPTIONS[key].check(value):
+            raise InvalidSpecError(field, f"is {value!r}, but must be {OPTIONS[key].rule}")

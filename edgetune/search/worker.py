@@ -12,7 +12,7 @@ from types import FrameType
 
 from edgetune.devices import MeasureConfig
 from edgetune.errors import StorageError
-from edgetune.search.backends import JobOutcome, OptunaBackend
+from edgetune.search.backends import Backend, JobOutcome, OptunaBackend
 from edgetune.settings import Settings
 from edgetune.spec import JobSpec
 from edgetune.storage import Job, JobRepository, JobStatus, open_database
@@ -57,18 +57,37 @@ class Worker:
         self.db = open_database(settings.url)
         self.jobs = JobRepository(self.db)
         settings.artifact_dir.mkdir(parents=True, exist_ok=True)
+        self.latency = MeasureConfig(
+            threads=settings.latency_threads,
+            warmup=settings.latency_warmup,
+            min_repeats=settings.latency_min_repeats,
+            min_time_s=settings.latency_min_time_s,
+        )
         self.backend = OptunaBackend(
             storage_url=self.db.url,
             artifact_dir=str(settings.artifact_dir),
-            latency=MeasureConfig(
-                threads=settings.latency_threads,
-                warmup=settings.latency_warmup,
-                min_repeats=settings.latency_min_repeats,
-                min_time_s=settings.latency_min_time_s,
-            ),
+            latency=self.latency,
             poll_interval_s=min(0.5, settings.poll_interval_s),
             heartbeat_interval_s=settings.job_lease_s / 4,
         )
+        self._ray: Backend | None = None
+
+    def backend_for(self, spec: JobSpec) -> Backend:
+        """The backend a job names; Ray is imported (and started) with its first job."""
+        if spec.algorithm.backend == "optuna":
+            return self.backend
+        if self._ray is None:
+            from edgetune.search.backends.ray import RayBackend
+
+            self._ray = RayBackend(
+                storage_url=self.db.url,
+                artifact_dir=str(self.settings.artifact_dir),
+                latency=self.latency,
+                ray_address=self.settings.ray_address,
+                heartbeat_interval_s=self.settings.job_lease_s / 4,
+                cpus_per_trial=self.settings.ray_cpus_per_trial,
+            )
+        return self._ray
 
     def parent_gone(self) -> bool:
         # `serve` starts workers as children; when it dies, they must not run on unsupervised.
@@ -103,7 +122,7 @@ class Worker:
         logger.info("worker %s: running job %s (%s)", self.name, job.id, job.name)
         try:
             spec = JobSpec.model_validate_json(job.spec)
-            outcome = self.backend.run(job, spec, _Control(self, job))
+            outcome = self.backend_for(spec).run(job, spec, _Control(self, job))
         except Exception as e:
             logger.exception("job %s failed in its worker", job.id)
             outcome = JobOutcome(JobStatus.FAILED, f"{type(e).__name__}: {e}")

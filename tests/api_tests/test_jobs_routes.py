@@ -46,7 +46,7 @@ def test_create_answers_201_with_the_queued_job(client: TestClient) -> None:
         ({"budget": {"n_trials": 0}}, ["body", "budget", "n_trials"], "greater than or equal"),
         ({"algorithm": {"sampler": "nope"}}, ["body", "algorithm", "sampler"], "known samplers"),
         ({"objectives": [{"name": "accuracy"}, {"name": "size_bytes"}],
-          "algorithm": {"pruner": "median"}}, ["body", "algorithm", "pruner"], "pruners for"),
+          "algorithm": {"pruner": "median"}}, ["body", "algorithm", "pruner"], "for several: mo-asha"),
     ],
 )
 def test_bad_spec_answers_422_naming_the_field(client, spec, loc, text) -> None:

@@ -17,9 +17,26 @@ def refuse(data: dict) -> InvalidSpecError:
     return info.value
 
 
-def test_registry_has_the_foundation_algorithms() -> None:
-    assert {"random", "tpe", "nsga2"} <= set(SAMPLERS)
-    assert {"none", "median"} <= set(PRUNERS)
+def test_registry_has_every_algorithm_of_the_design() -> None:
+    assert set(SAMPLERS) == {"grid", "random", "tpe", "gp", "cmaes", "nsga2", "nsga3", "motpe",
+                             "rl"}
+    assert set(PRUNERS) == {"none", "median", "sha", "hyperband", "asha", "pbt", "mo-asha"}
+    assert PRUNERS["hyperband"].backends == ("optuna", "ray")
+    assert PRUNERS["pbt"].backends == ("ray",)
+    assert PRUNERS["mo-asha"].backends == ("optuna",)
+
+
+def test_a_ray_job_is_refused_where_ray_is_not_installed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "ray" else real(name, *a))
+    error = refuse({"algorithm": {"backend": "ray", "pruner": "asha"}})
+    assert error.field == "algorithm.backend"
+    assert "pip install 'edgetune[ray]'" in error.message
 
 
 @pytest.mark.parametrize("sampler", ["random", "tpe", "nsga2"])
@@ -34,14 +51,72 @@ def test_single_objective_with_median_pruner_passes() -> None:
 
 
 @pytest.mark.parametrize(
+    "algorithm",
+    [{"backend": "ray", "pruner": "asha"}, {"backend": "ray", "pruner": "pbt"},
+     {"backend": "ray", "pruner": "hyperband", "sampler": "gp"}, {"pruner": "hyperband"},
+     {"pruner": "sha", "options": {"reduction_factor": 2}},
+     {"sampler": "rl", "options": {"reward": "mnasnet-hard", "latency_target_ms": 1.5}}],
+)
+def test_runnable_algorithms_pass(algorithm: dict) -> None:
+    validate_job_spec(JobSpec.model_validate({"name": "x", "algorithm": algorithm}))
+
+
+def test_multi_objective_early_stopping_passes_with_stand_ins_for_latency_and_size() -> None:
+    validate_job_spec(JobSpec.model_validate({
+        "name": "x", "objectives": [{"name": "accuracy"}, {"name": "latency_ms"},
+                                    {"name": "size_bytes"}],
+        "algorithm": {"sampler": "nsga3", "pruner": "mo-asha"},
+    }))
+
+
+@pytest.mark.parametrize(
     ("data", "field", "text"),
     [
         ({"algorithm": {"sampler": "annealing"}}, "algorithm.sampler", "known samplers"),
         ({"algorithm": {"pruner": "hyperband9"}}, "algorithm.pruner", "known pruners"),
         ({"objectives": TWO, "algorithm": {"pruner": "median"}}, "algorithm.pruner",
-         "pruners for several: none"),
-        ({"objectives": [{"name": "size_bytes"}], "algorithm": {"pruner": "median"}},
-         "algorithm.pruner", "must be accuracy"),
+         "for several: mo-asha"),
+        ({"objectives": [{"name": "sparsity"}], "algorithm": {"pruner": "median"}},
+         "objectives.0.name", "reports only accuracy, params, flops"),
+        ({"algorithm": {"pruner": "mo-asha"}}, "algorithm.pruner",
+         "for one on 'optuna': median, sha, hyperband"),
+        ({"algorithm": {"pruner": "pbt"}}, "algorithm.pruner",
+         "runs on the ray backend, not on 'optuna' (set algorithm.backend)"),
+        ({"algorithm": {"pruner": "asha"}}, "algorithm.pruner", "on 'optuna': none, median, sha"),
+        ({"objectives": TWO, "algorithm": {"backend": "ray", "pruner": "asha"}},
+         "algorithm.pruner", "mo-asha stops multi-objective trials on the optuna backend"),
+        ({"algorithm": {"backend": "ray", "pruner": "mo-asha"}}, "algorithm.pruner",
+         "runs on the optuna backend"),
+        ({"algorithm": {"backend": "ray", "pruner": "pbt"},
+          "space": {"name": "cnn", "params": [{"type": "fixed", "name": "lr", "value": 0.01}]}},
+         "algorithm.pruner", "has none that image-classifier can change"),
+        ({"algorithm": {"sampler": "cmaes"}, "objectives": TWO}, "algorithm.sampler",
+         "samplers for several: grid, random, tpe, motpe, gp, nsga2, nsga3, rl"),
+        ({"algorithm": {"sampler": "nsga3"}}, "algorithm.sampler",
+         "made for several objectives"),
+        ({"algorithm": {"sampler": "grid"},
+          "space": {"name": "cnn", "params": [{"type": "float", "name": "lr", "low": 0.001,
+                                               "high": 0.1}]}},
+         "space.params", "lr is a float without `step`"),
+        ({"algorithm": {"options": {"population_size": 4}}}, "algorithm.options.population_size",
+         "neither 'tpe' nor 'none' reads it; they read: n_startup_trials"),
+        ({"algorithm": {"sampler": "rl", "options": {"reward": "fast"}}},
+         "algorithm.options.reward", "must be 'mnasnet'"),
+        ({"algorithm": {"sampler": "rl", "options": {"latency_weight": 0.5}}},
+         "algorithm.options.latency_weight", "a number < 0"),
+        ({"objectives": [{"name": "f1"}]}, "objectives.0.name",
+         "image-classifier does not measure 'f1'"),
+        ({"trainer": {"name": "function", "dataset": "zdt1"}, "objectives": [{"name": "f1"}],
+          "space": {"name": None, "params": [{"type": "float", "name": "y", "low": 0,
+                                              "high": 1}]}},
+         "space.params", "reads x0, x1"),
+        ({"trainer": {"name": "function", "dataset": "zdt1"},
+          "objectives": [{"name": "f1"}, {"name": "f3"}],
+          "space": {"name": None, "params": [{"type": "float", "name": "x0", "low": 0,
+                                              "high": 1},
+                                             {"type": "float", "name": "x1", "low": 0,
+                                              "high": 1}]}},
+         "objectives.1.name", "zdt1 has 2 objectives"),
         ({"constraints": [{"metric": "size_bytes", "op": "<=", "bound": 1}],
           "algorithm": {"sampler": "random"}}, "algorithm.sampler", "cannot steer by"),
         ({"trainer": {"name": "gpt"}}, "trainer.name", "known trainers: image-classifier"),

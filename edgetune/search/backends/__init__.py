@@ -1,7 +1,21 @@
-"""Backends that run a job's trials: `optuna` now; `ray` joins it later."""
+"""Backends that run a job's trials: `optuna` (worker processes) and `ray` (Ray Tune).
+
+`edgetune.search.backends.ray` imports Ray, so it is imported only for a job that needs it.
+"""
 
 from __future__ import annotations
 
-from edgetune.search.backends.optuna import JobOutcome, OptunaBackend
+from typing import Protocol
 
-__all__ = ["JobOutcome", "OptunaBackend"]
+from edgetune.search.backends.optuna import JobControl, JobOutcome, OptunaBackend
+from edgetune.spec import JobSpec
+from edgetune.storage import Job
+
+
+class Backend(Protocol):
+    """Runs one claimed job to its end, or until `control` says to hand it back."""
+
+    def run(self, job: Job, spec: JobSpec, control: JobControl) -> JobOutcome: ...
+
+
+__all__ = ["Backend", "JobControl", "JobOutcome", "OptunaBackend"]

@@ -21,14 +21,14 @@ from optuna.trial import TrialState
 
 from edgetune.devices import MeasureConfig
 from edgetune.search.constraints import violations
-from edgetune.search.registry import PRUNERS, SAMPLERS, SamplerContext
+from edgetune.search.registry import PRUNERS, SAMPLERS, AlgorithmContext
 from edgetune.search.space import suggest
 from edgetune.search.trial_process import (
     PRELOAD,
     TrialTask,
     run_trial_process,
 )
-from edgetune.spaces import resolve_space
+from edgetune.spaces import Param, resolve_space
 from edgetune.spec import JobSpec
 from edgetune.storage import Job, JobStatus, optuna_storage, utcnow
 from edgetune.storage.trials import INFRA_FAILURE_KEY
@@ -97,11 +97,12 @@ class OptunaBackend:
         self.context = context or trial_context()
 
     def run(self, job: Job, spec: JobSpec, control: JobControl) -> JobOutcome:
-        study = self._load_study(job, spec)
-        self._fail_leftovers(study)
+        space = resolve_space(spec.space.name, spec.space.params)
+        study = load_job_study(job, spec, space, self.storage_url)
+        fail_leftovers(study)
         running: dict[int, _Running] = {}
         try:
-            return self._run(job, spec, control, study, running)
+            return self._run(job, spec, space, control, study, running)
         except BaseException:
             # Whatever broke (the database, a signal), no child may outlive this run and no
             # trial may stay RUNNING.
@@ -109,11 +110,11 @@ class OptunaBackend:
             raise
 
     def _run(
-        self, job: Job, spec: JobSpec, control: JobControl, study: optuna.Study,
-        running: dict[int, _Running],
+        self, job: Job, spec: JobSpec, space: list[Param], control: JobControl,
+        study: optuna.Study, running: dict[int, _Running],
     ) -> JobOutcome:
-        space = resolve_space(spec.space.name, spec.space.params)
         budget = spec.budget
+        n_trials = trial_budget(spec, space)
         deadline = (
             job.started_at + timedelta(seconds=budget.timeout_s)
             if budget.timeout_s and job.started_at else None
@@ -142,7 +143,7 @@ class OptunaBackend:
             # burn its whole budget: stop starting trials once the first few all failed.
             hopeless = succeeded == 0 and counted >= MAX_INITIAL_FAILURES
             while (not timed_out and not hopeless and len(running) < budget.parallelism
-                   and counted + len(running) < budget.n_trials):
+                   and counted + len(running) < n_trials):
                 trial = study.ask()
                 params = suggest(trial, space)
                 fixed = {k: v for k, v in params.items() if k not in trial.params}
@@ -160,35 +161,15 @@ class OptunaBackend:
                 if run.conn in ready:
                     del running[number]
                     result = _receive(run)
-                    state = self._tell(study, run.trial, spec.metric_names, result)
+                    state = tell_result(study, run.trial, spec.metric_names, result)
                     counted += 1
                     succeeded += state != TrialState.FAIL
                     logger.info("job %s: trial %d %s", job.id, number, state.name.lower())
 
-        return self._outcome(study, n_trials=budget.n_trials,
+        return job_outcome(study, n_trials=n_trials,
                              timed_out=deadline is not None and utcnow() >= deadline)
 
     # --- steps -----------------------------------------------------------------------------
-    def _load_study(self, job: Job, spec: JobSpec) -> optuna.Study:
-        constraints_func = None
-        if spec.constraints:
-            constraints = list(spec.constraints)
-
-            def constraints_func(t: optuna.trial.FrozenTrial) -> list[float]:
-                return violations(constraints, t.user_attrs)
-
-        entry = SAMPLERS[spec.algorithm.sampler]
-        sampler = entry.build(SamplerContext(
-            seed=spec.seed, n_objectives=len(spec.objectives),
-            constraints_func=constraints_func if entry.constraints else None,
-        ))
-        return optuna.load_study(
-            study_name=job.study_name,
-            storage=optuna_storage(self.storage_url),
-            sampler=sampler,
-            pruner=PRUNERS[spec.algorithm.pruner].build(),
-        )
-
     def _start(
         self, study: optuna.Study, trial: optuna.Trial, params: dict[str, Any], spec: JobSpec,
         report_to_pruner: bool,
@@ -212,59 +193,12 @@ class OptunaBackend:
         try:
             process.start()
         except BaseException as e:
-            self._tell(study, trial, [], {"state": "failed", "infra": True,
+            tell_result(study, trial, [], {"state": "failed", "infra": True,
                                          "error": f"could not start the trial's process: {e}"})
             raise
         sender.close()  # the child holds the only sending end: EOF means it is gone
         trial.set_user_attr("pid", process.pid)
         return _Running(trial=trial, process=process, conn=receiver)
-
-    def _tell(
-        self, study: optuna.Study, trial: optuna.Trial, metric_names: list[str],
-        result: Mapping[str, Any],
-    ) -> TrialState:
-        """Record the result on the trial and finish it; returns the state it ended in.
-
-        A trial that is already finished (another worker took the job over and failed it as
-        a leftover) is left as it is.
-        """
-        try:
-            return self._record(study, trial, metric_names, result)
-        except (UpdateFinishedTrialError, ValueError) as e:
-            current = study._storage.get_trial(trial._trial_id).state
-            if current.is_finished():
-                logger.warning("trial %d was already %s: %s", trial.number, current.name, e)
-                return current
-            raise
-
-    def _record(
-        self, study: optuna.Study, trial: optuna.Trial, metric_names: list[str],
-        result: Mapping[str, Any],
-    ) -> TrialState:
-        metrics = {k: float(v) for k, v in result.get("metrics", {}).items()}
-        for key, value in metrics.items():
-            trial.set_user_attr(key, value)
-        for key, value in result.get("user_attrs", {}).items():
-            trial.set_user_attr(key, value)
-        state = result["state"]
-        if state == "complete":
-            values = [metrics.get(key, math.nan) for key in metric_names]
-            missing = [k for k, v in zip(metric_names, values, strict=True)
-                       if not math.isfinite(v)]
-            if not missing:
-                study.tell(trial, values)
-                return TrialState.COMPLETE
-            state, result = "failed", {"error": f"the trial did not measure {', '.join(missing)}"}
-        if state == "pruned":
-            study.tell(trial, state=TrialState.PRUNED)
-            return TrialState.PRUNED
-        trial.set_user_attr(ERROR_ATTR, str(result.get("error")))
-        if result.get("traceback"):
-            trial.set_user_attr("traceback", str(result["traceback"])[-4000:])
-        if result.get("infra"):
-            trial.set_user_attr(INFRA_FAILURE_KEY, True)
-        study.tell(trial, state=TrialState.FAIL)
-        return TrialState.FAIL
 
     def _stop_all(self, study: optuna.Study, running: dict[int, _Running], reason: str) -> None:
         for run in running.values():
@@ -273,42 +207,125 @@ class OptunaBackend:
             run.process.join(timeout=10)
             run.conn.close()
             try:
-                self._tell(study, run.trial, [],
+                tell_result(study, run.trial, [],
                            {"state": "failed", "error": reason, "infra": True})
             except Exception:
                 # The next owner of the job fails it as a leftover.
                 logger.exception("could not mark trial %d failed", run.trial.number)
         running.clear()
 
-    def _fail_leftovers(self, study: optuna.Study) -> None:
-        # This worker holds the job's lease, so a trial still RUNNING was left by a worker that
-        # died: it failed through no fault of its parameters and is run again.
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            study._storage.set_trial_user_attr(t._trial_id, ERROR_ATTR, "its worker died")
-            study._storage.set_trial_user_attr(t._trial_id, INFRA_FAILURE_KEY, True)
-            study.tell(t.number, state=TrialState.FAIL)
-            logger.warning("trial %d of %s was left running; marked failed", t.number,
-                           study.study_name)
+def tell_result(
+    study: optuna.Study, trial: optuna.Trial, metric_names: list[str],
+    result: Mapping[str, Any],
+) -> TrialState:
+    """Record the result on the trial and finish it; returns the state it ended in.
 
-    def _outcome(self, study: optuna.Study, *, n_trials: int, timed_out: bool) -> JobOutcome:
-        trials = [t for t in study.get_trials(deepcopy=False) if _counts(t)]
-        if any(t.state == TrialState.COMPLETE for t in trials):
-            return JobOutcome(JobStatus.SUCCEEDED)
-        failed = [t for t in trials if t.state == TrialState.FAIL]
-        if failed:
-            first = failed[0]
-            stopped = (" (the job stopped early: the first trials all failed)"
-                       if len(trials) < n_trials else "")
-            return JobOutcome(
-                JobStatus.FAILED,
-                f"all {len(failed)} trials failed{stopped}; trial {first.number}: "
-                f"{first.user_attrs.get(ERROR_ATTR, 'no reason recorded')}",
-            )
-        if trials:
-            return JobOutcome(JobStatus.FAILED, f"all {len(trials)} trials were pruned")
-        if timed_out:
-            return JobOutcome(JobStatus.FAILED, "the time budget ran out before any trial ended")
-        return JobOutcome(JobStatus.FAILED, "no trial ran")
+    A trial that is already finished (another worker took the job over and failed it as
+    a leftover) is left as it is.
+    """
+    try:
+        return _record(study, trial, metric_names, result)
+    except (UpdateFinishedTrialError, ValueError) as e:
+        current = study._storage.get_trial(trial._trial_id).state
+        if current.is_finished():
+            logger.warning("trial %d was already %s: %s", trial.number, current.name, e)
+            return current
+        raise
+
+def _record(
+    study: optuna.Study, trial: optuna.Trial, metric_names: list[str],
+    result: Mapping[str, Any],
+) -> TrialState:
+    metrics = {k: float(v) for k, v in result.get("metrics", {}).items()}
+    for key, value in metrics.items():
+        trial.set_user_attr(key, value)
+    for key, value in result.get("user_attrs", {}).items():
+        trial.set_user_attr(key, value)
+    state = result["state"]
+    if state == "complete":
+        values = [metrics.get(key, math.nan) for key in metric_names]
+        missing = [k for k, v in zip(metric_names, values, strict=True)
+                   if not math.isfinite(v)]
+        if not missing:
+            study.tell(trial, values)
+            return TrialState.COMPLETE
+        state, result = "failed", {"error": f"the trial did not measure {', '.join(missing)}"}
+    if state == "pruned":
+        study.tell(trial, state=TrialState.PRUNED)
+        return TrialState.PRUNED
+    trial.set_user_attr(ERROR_ATTR, str(result.get("error")))
+    if result.get("traceback"):
+        trial.set_user_attr("traceback", str(result["traceback"])[-4000:])
+    if result.get("infra"):
+        trial.set_user_attr(INFRA_FAILURE_KEY, True)
+    study.tell(trial, state=TrialState.FAIL)
+    return TrialState.FAIL
+
+def fail_leftovers(study: optuna.Study) -> None:
+    # This worker holds the job's lease, so a trial still RUNNING was left by a worker that
+    # died: it failed through no fault of its parameters and is run again.
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study._storage.set_trial_user_attr(t._trial_id, ERROR_ATTR, "its worker died")
+        study._storage.set_trial_user_attr(t._trial_id, INFRA_FAILURE_KEY, True)
+        study.tell(t.number, state=TrialState.FAIL)
+        logger.warning("trial %d of %s was left running; marked failed", t.number,
+                       study.study_name)
+
+def job_outcome(study: optuna.Study, *, n_trials: int, timed_out: bool) -> JobOutcome:
+    trials = [t for t in study.get_trials(deepcopy=False) if _counts(t)]
+    if any(t.state == TrialState.COMPLETE for t in trials):
+        return JobOutcome(JobStatus.SUCCEEDED)
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    if failed:
+        first = failed[0]
+        stopped = (" (the job stopped early: the first trials all failed)"
+                   if len(trials) < n_trials else "")
+        return JobOutcome(
+            JobStatus.FAILED,
+            f"all {len(failed)} trials failed{stopped}; trial {first.number}: "
+            f"{first.user_attrs.get(ERROR_ATTR, 'no reason recorded')}",
+        )
+    if trials:
+        return JobOutcome(JobStatus.FAILED, f"all {len(trials)} trials were pruned")
+    if timed_out:
+        return JobOutcome(JobStatus.FAILED, "the time budget ran out before any trial ended")
+    return JobOutcome(JobStatus.FAILED, "no trial ran")
+
+
+def load_job_study(
+    job: Job, spec: JobSpec, space: list[Param], storage_url: str
+) -> optuna.Study:
+    """The job's study with the sampler (and, on this backend, the pruner) the spec names."""
+    constraints_func = None
+    if spec.constraints:
+        constraints = list(spec.constraints)
+
+        def constraints_func(t: optuna.trial.FrozenTrial) -> list[float]:
+            return violations(constraints, t.user_attrs)
+
+    entry = SAMPLERS[spec.algorithm.sampler]
+    ctx = AlgorithmContext(
+        spec, space, constraints_func=constraints_func if entry.constraints else None
+    )
+    build_pruner = PRUNERS[spec.algorithm.pruner].optuna
+    return optuna.load_study(
+        study_name=job.study_name,
+        storage=optuna_storage(storage_url),
+        sampler=entry.build(ctx),
+        pruner=build_pruner(ctx) if build_pruner is not None else None,
+    )
+
+
+def trial_budget(spec: JobSpec, space: list[Param]) -> int:
+    """How many trials the job runs: `n_trials`, or fewer when the sampler runs out (a grid)."""
+    max_trials = SAMPLERS[spec.algorithm.sampler].max_trials
+    n = spec.budget.n_trials
+    return n if max_trials is None else min(n, max_trials(space))
+
+
+def count_finished(study: optuna.Study) -> int:
+    """Trials that used up budget so far."""
+    return sum(1 for t in study.get_trials(deepcopy=False) if _counts(t))
 
 
 def _counts(t: optuna.trial.FrozenTrial) -> bool:

@@ -1,0 +1,413 @@
+"""The Ray backend: Ray Tune runs a job's trials, on a local Ray or an existing cluster.
+
+This module imports Ray; the worker imports it only for a job on the ray backend, and
+submission refuses such a job where Ray is not installed.
+
+The job's study stays the source of truth. `StudySearcher` is a Ray Tune searcher that asks the
+study for each trial's parameters (with the sampler the spec names, so grid, TPE, the RL
+controller... work here too) and tells it the result, so the API, the Pareto ranking and the
+Optuna dashboard see Ray's trials like any other. Ray Tune's own schedulers (ASHA, HyperBand,
+PBT) stop, pause or restart trials from the epochs each trial reports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+from optuna.trial import TrialState
+from ray import tune
+from ray.tune.search import Searcher
+
+from edgetune.devices import MeasureConfig
+from edgetune.errors import TrialFailed
+from edgetune.search.backends.optuna import (
+    JobControl,
+    JobOutcome,
+    count_finished,
+    fail_leftovers,
+    job_outcome,
+    load_job_study,
+    tell_result,
+    trial_budget,
+)
+from edgetune.search.registry import PRUNERS, AlgorithmContext, progress_metric
+from edgetune.search.space import suggest
+from edgetune.spaces import Param, ParamValue, resolve_space
+from edgetune.spec import JobSpec
+from edgetune.storage import Job, JobStatus, utcnow
+
+logger = logging.getLogger(__name__)
+
+#: A trial's last report carries its result as JSON under this key; earlier ones carry epochs.
+RESULT_KEY = "edgetune_result"
+#: The job stops starting trials once this many ended and every one failed (as on optuna).
+MAX_INITIAL_FAILURES = 5
+
+
+@dataclass(frozen=True)
+class RayTrialTask:
+    """What every trial of one job needs; plain data, shipped once to Ray's workers."""
+
+    spec_json: str
+    artifact_dir: str
+    study_name: str
+    latency: MeasureConfig
+    #: Save the trainer's checkpoint with every report (schedulers that pause or clone trials).
+    checkpoints: bool
+
+
+def run_ray_trial(config: dict[str, Any], task: RayTrialTask) -> None:
+    """The function Ray Tune runs per trial, in a Ray worker: train, export, measure.
+
+    Epochs before the last are reported as they end (with a checkpoint when the scheduler needs
+    one), so that a scheduler can stop the trial between them. The last epoch is reported
+    together with the trial's result, after export and latency: a scheduler stops a trial
+    once it reaches `max_t`, which must not happen before the model is exported.
+    """
+    from edgetune.search.trial_process import train_and_measure
+
+    spec = JobSpec.model_validate_json(task.spec_json)
+    epochs = spec.trainer.epochs
+    params: dict[str, ParamValue] = config["params"]
+    with tempfile.TemporaryDirectory(prefix="edgetune-ray-") as tmp:
+        checkpoint_dir = Path(tmp) / "checkpoint"
+        restored = tune.get_checkpoint()
+        if restored is not None:  # resumed after a pause, or cloned from a better trial (PBT)
+            restored.to_directory(str(checkpoint_dir))
+
+        def report(epoch: int, metrics: Any) -> None:
+            if epoch >= epochs:
+                return
+            values = {"epoch": epoch, **{k: float(v) for k, v in metrics.items()}}
+            if task.checkpoints:
+                tune.report(values, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir))
+            else:
+                tune.report(values)
+
+        try:
+            result = train_and_measure(
+                spec, params, artifact_dir=Path(task.artifact_dir), study_name=task.study_name,
+                latency=task.latency, report=report,
+                checkpoint_dir=checkpoint_dir if task.checkpoints else None,
+            )
+        except TrialFailed as e:
+            result = {"state": "failed", "error": str(e)}
+        except Exception as e:
+            result = {"state": "failed", "error": f"{type(e).__name__}: {e}",
+                      "traceback": traceback.format_exc(limit=20)}
+        result.setdefault("user_attrs", {})["ray_params"] = params
+        final = {"epoch": epochs, RESULT_KEY: json.dumps(result, default=str)}
+        final.update({k: float(v) for k, v in result.get("metrics", {}).items()})
+        tune.report(final)
+
+
+class RayBackend:
+    """Runs one job with Ray Tune; the study's sampler proposes, Ray's scheduler stops early."""
+
+    def __init__(
+        self,
+        *,
+        storage_url: str,
+        artifact_dir: str,
+        latency: MeasureConfig,
+        ray_address: str | None = None,
+        heartbeat_interval_s: float = 5.0,
+        cpus_per_trial: float = 1.0,
+        reuse_actors: bool = True,
+    ) -> None:
+        self.storage_url = storage_url
+        self.artifact_dir = artifact_dir
+        self.latency = latency
+        self.ray_address = ray_address
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.cpus_per_trial = cpus_per_trial
+        self.reuse_actors = reuse_actors
+
+    def connect(self) -> None:
+        """Join the cluster at `ray_address`, or start a local Ray once per process."""
+        if ray.is_initialized():
+            return
+        common: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING,
+                                  "include_dashboard": False}
+        if self.ray_address:
+            ray.init(address=self.ray_address, **common)
+        else:
+            # A small object store: trials exchange only small results and checkpoints.
+            ray.init(object_store_memory=200 * 1024**2, **common)
+
+    def run(self, job: Job, spec: JobSpec, control: JobControl) -> JobOutcome:
+        self.connect()
+        # A failed trial's last result has no objective in it; Ray would refuse it.
+        os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+        # Progress belongs in the job's events and the worker's log, not on stdout.
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        # Checkpoints every epoch are the point with PBT and HyperBand, not a misconfiguration.
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+        space = resolve_space(spec.space.name, spec.space.params)
+        study = load_job_study(job, spec, space, self.storage_url)
+        fail_leftovers(study)
+        n_trials = trial_budget(spec, space)
+        finished = count_finished(study)
+        deadline = (
+            job.started_at + timedelta(seconds=spec.budget.timeout_s)
+            if spec.budget.timeout_s and job.started_at else None
+        )
+        pruner = PRUNERS[spec.algorithm.pruner]
+        assert pruner.ray is not None  # validation admits ray-backend schedulers only
+        scheduler = pruner.ray(AlgorithmContext(spec, space))
+        trials = StudyTrials(study, spec, space, n_trials=n_trials - finished)
+        stopper = _ControlStopper(control, self.heartbeat_interval_s, deadline)
+        metric, mode = _scheduler_metric(spec)
+        if spec.seed is not None:
+            random.seed(spec.seed)  # PBT draws its perturbations from `random`
+        task = RayTrialTask(
+            spec_json=spec.model_dump_json(), artifact_dir=self.artifact_dir,
+            study_name=job.study_name, latency=self.latency,
+            checkpoints=spec.algorithm.pruner in ("hyperband", "pbt"),
+        )
+        search_alg: Searcher | None = StudySearcher(trials)
+        param_space: dict[str, Any] = {}
+        if pruner.mutates and not trials.exhausted:
+            # PBT refuses a searcher: the population is asked for up front, and each Ray
+            # trial looks its parameters up by its study trial number.
+            search_alg = None
+            population = {c["number"]: c["params"] for c in
+                          (trials.ask() for _ in range(n_trials - finished))}
+            param_space = {
+                "number": tune.grid_search(list(population)),
+                "params": tune.sample_from(lambda config: population[config["number"]]),
+            }
+        trainable = tune.with_resources(
+            tune.with_parameters(run_ray_trial, task=task), {"cpu": self.cpus_per_trial}
+        )
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                metric=metric, mode=mode, search_alg=search_alg, scheduler=scheduler,
+                num_samples=1 if search_alg is None else max(1, n_trials - finished),
+                max_concurrent_trials=spec.budget.parallelism,
+                # Reusing a trial's actor for the next trial skips the process start and the
+                # imports (torch alone is a second): the bulk of Ray's per-trial cost.
+                reuse_actors=self.reuse_actors,
+            ),
+            run_config=tune.RunConfig(
+                name=job.study_name, storage_path=str(Path(self.artifact_dir).parent / "ray"),
+                stop=stopper, verbose=0, log_to_file=False, callbacks=[StudyCallback(trials)],
+                failure_config=tune.FailureConfig(max_failures=0),
+                # PBT clones the checkpoints of top trials, which must outlive a few epochs.
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=4),
+            ),
+        )
+        if finished < n_trials:
+            try:
+                tuner.fit()
+            finally:
+                trials.fail_unfinished(stopper.reason or "the Ray run ended before the trial")
+        if stopper.reason == "cancelled":
+            return JobOutcome(JobStatus.CANCELLED, "cancelled by request")
+        if stopper.reason == "lease lost":
+            return JobOutcome(None, "lease lost")
+        if stopper.reason == "stopping":
+            return JobOutcome(None, None)
+        return job_outcome(study, n_trials=n_trials,
+                           timed_out=deadline is not None and utcnow() >= deadline)
+
+
+def _scheduler_metric(spec: JobSpec) -> tuple[str | None, str | None]:
+    """What Ray's schedulers compare: the one objective (as its trainer reports it), or none for
+    several objectives, where only FIFO runs on this backend."""
+    if len(spec.objectives) > 1:
+        return None, None
+    from edgetune.trainers import get_trainer_class
+
+    objective = spec.objectives[0]
+    reported = get_trainer_class(spec.trainer.name).progress_metrics
+    key = progress_metric(objective.name, reported) or objective.key
+    return key, "max" if objective.direction == "maximize" else "min"
+
+
+class _ControlStopper(tune.Stopper):
+    """Ray Tune asks `stop_all` between steps; it answers from the worker's job control."""
+
+    def __init__(self, control: JobControl, interval_s: float, deadline: Any) -> None:
+        self.control = control
+        self.interval_s = interval_s
+        self.deadline = deadline
+        self.last_heartbeat = time.monotonic()
+        self.reason: str | None = None
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return False
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "control": None}  # see `StudySearcher.__getstate__`
+
+    def stop_all(self) -> bool:
+        if self.reason is not None:
+            return True
+        if time.monotonic() - self.last_heartbeat >= self.interval_s:
+            self.last_heartbeat = time.monotonic()
+            if not self.control.heartbeat():
+                self.reason = "lease lost"
+        if self.reason is None and self.control.cancel_requested():
+            self.reason = "cancelled"
+        if self.reason is None and self.control.should_stop():
+            self.reason = "stopping"
+        if self.reason is None and self.deadline is not None and utcnow() >= self.deadline:
+            self.reason = "time budget"
+        return self.reason is not None
+
+
+class StudyTrials:
+    """The job's study as Ray's trials see it: asks it for parameters, tells it results.
+
+    Ray calls back through `StudySearcher` (when it may start a trial) and `StudyCallback`
+    (each epoch, and once at the end of a trial, whether it finished, was stopped by the
+    scheduler, which counts as pruned, or failed).
+    """
+
+    def __init__(
+        self, study: optuna.Study, spec: JobSpec, space: list[Param], *, n_trials: int
+    ) -> None:
+        from edgetune.trainers import get_trainer_class
+
+        self.study = study
+        self.spec = spec
+        self.space = space
+        self.remaining = n_trials
+        self.asked: dict[int, optuna.Trial] = {}
+        self.ended = 0
+        self.succeeded = 0
+        self.reported = get_trainer_class(spec.trainer.name).progress_metrics
+        self.metric, _ = _scheduler_metric(spec)
+
+    @property
+    def exhausted(self) -> bool:
+        hopeless = self.succeeded == 0 and self.ended >= MAX_INITIAL_FAILURES
+        return self.remaining <= 0 or hopeless
+
+    def ask(self) -> dict[str, Any]:
+        """A new trial of the study: the config Ray starts it with."""
+        trial = self.study.ask()
+        params = suggest(trial, self.space)
+        fixed = {k: v for k, v in params.items() if k not in trial.params}
+        if fixed:
+            trial.set_user_attr("fixed_params", fixed)
+        self.asked[trial.number] = trial
+        self.remaining -= 1
+        logger.info("study %s: trial %d asked for Ray with %s", self.study.study_name,
+                    trial.number, params)
+        return {"number": trial.number, "params": params}
+
+    def progress(self, number: int, result: dict[str, Any]) -> None:
+        """An epoch's report: the learning curve, for the dashboard (one objective only:
+        Optuna refuses intermediate values for several)."""
+        trial = self.asked.get(number)
+        if trial is None or RESULT_KEY in result or self.metric not in result:
+            return
+        # A PBT restart reports an epoch again; Optuna keeps the first value and warns.
+        with contextlib.suppress(ValueError, TypeError):
+            trial.report(float(result[self.metric]), step=int(result["epoch"]))
+
+    def finish(self, number: int, last: dict[str, Any] | None, *, error: bool) -> None:
+        trial = self.asked.pop(number, None)
+        if trial is None:
+            return
+        last = last or {}
+        if RESULT_KEY in last:
+            outcome = json.loads(last[RESULT_KEY])
+        elif error:
+            outcome = {"state": "failed", "error": "the trial's Ray actor failed", "infra": True}
+        else:  # the scheduler stopped it between epochs
+            outcome = {"state": "pruned",
+                       "metrics": {k: v for k, v in last.items() if k in self.reported},
+                       "user_attrs": {"pruned_at_epoch": last.get("epoch")}}
+        state = tell_result(self.study, trial, self.spec.metric_names, outcome)
+        self.ended += 1
+        self.succeeded += state != TrialState.FAIL
+        logger.info("study %s: trial %d %s", self.study.study_name, number, state.name.lower())
+
+    def fail_unfinished(self, reason: str) -> None:
+        """Mark failed every asked trial Ray did not complete (the run was stopped or broke)."""
+        for trial in list(self.asked.values()):
+            tell_result(self.study, trial, [], {"state": "failed", "error": reason, "infra": True})
+        self.asked.clear()
+
+
+class StudySearcher(Searcher):
+    """A Ray Tune searcher that asks the job's study for each trial's parameters."""
+
+    def __init__(self, trials: StudyTrials) -> None:
+        super().__init__()
+        self.trials = trials
+
+    def set_search_properties(
+        self, metric: str | None, mode: str | None, config: dict[str, Any], **spec: Any
+    ) -> bool:
+        return True  # the study's sampler already knows the objectives
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if self.trials.exhausted:
+            return Searcher.FINISHED  # type: ignore[return-value]  # Ray's "finished" marker
+        return self.trials.ask()
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        """Told by `StudyCallback`, which sees PBT's trials too."""
+
+    def save(self, checkpoint_path: str) -> None:
+        """Nothing to save: the study holds every trial, and a new run resumes from it."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Ray pickles the searcher with the experiment's state; the study (its sampler's
+        # locks, its database engine) stays behind, as in `save`.
+        return {**self.__dict__, "trials": None}
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Nothing to restore; see `save`."""
+
+
+class StudyCallback(tune.Callback):
+    """Tells the study what became of each Ray trial.
+
+    A trial is known by the study's trial number in its first config: PBT later replaces a
+    trial's config with a copy of a better trial's, number included.
+    """
+
+    def __init__(self, trials: StudyTrials) -> None:
+        self.trials = trials
+        self.numbers: dict[str, int] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "trials": None}  # see `StudySearcher.__getstate__`
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.numbers.setdefault(trial.trial_id, int(trial.config["number"]))
+
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+    ) -> None:
+        self.trials.progress(self.numbers[trial.trial_id], result)
+
+    def on_trial_complete(
+        self, iteration: int, trials: list[Any], trial: Any, **info: Any
+    ) -> None:
+        self.trials.finish(self.numbers[trial.trial_id], trial.last_result, error=False)
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self.trials.finish(self.numbers[trial.trial_id], trial.last_result, error=True)
