@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from edgetune.spaces import BUILTIN_SPACES, MAX_PARAMS, Param
 
@@ -150,6 +150,31 @@ class BudgetSpec(_Spec):
     parallelism: int = Field(default=1, ge=1, le=256)
 
 
+class TrialResources(_Spec):
+    """What one trial holds while it runs; the ray backend schedules trials by it."""
+
+    cpus: float = Field(
+        default=1.0, gt=0, le=1024,
+        description="CPUs one trial holds on the ray backend; a fraction shares a CPU.",
+    )
+    gpus: float = Field(
+        default=0.0, ge=0, le=64,
+        description="GPUs one trial holds (ray backend only); below 1 shares a GPU, above 1 "
+                    "must be whole. The trial sees only the GPUs it holds.",
+    )
+
+    @field_validator("cpus", "gpus")
+    @classmethod
+    def _ray_quantity(cls, value: float, info: ValidationInfo) -> float:
+        # Ray counts resources in steps of 0.0001 and gives a trial a share of one GPU or
+        # whole GPUs, never 1.5.
+        if 0 < value < 0.0001:
+            raise ValueError(f"is {value}, but Ray counts resources in steps of 0.0001")
+        if info.field_name == "gpus" and value > 1 and not value.is_integer():
+            raise ValueError(f"is {value}, but above 1 it must be a whole number of GPUs")
+        return value
+
+
 class JobSpec(_Spec):
     """A whole search: what to train, over which space, for which objectives, how, how long."""
 
@@ -162,7 +187,14 @@ class JobSpec(_Spec):
     constraints: list[ConstraintSpec] = Field(default_factory=list, max_length=32)
     algorithm: AlgorithmSpec = Field(default_factory=AlgorithmSpec)
     budget: BudgetSpec = Field(default_factory=BudgetSpec)
+    resources: TrialResources = Field(default_factory=TrialResources)
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    mode: Literal["managed", "ask-tell"] = Field(
+        default="managed",
+        description="managed: workers run `trainer` on each trial. ask-tell: clients ask for "
+                    "parameters, train anywhere and tell results through the API; of `trainer` "
+                    "only `epochs` counts (the most steps a client reports, for sha/hyperband).",
+    )
 
     @field_validator("objectives")
     @classmethod

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,16 +28,19 @@ class RunningServer:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
 
 
-def start_server(data_dir: Path, *, workers: int = 1, timeout: float = 90) -> RunningServer:
+def start_server(
+    data_dir: Path, *, workers: int = 1, timeout: float = 90, env: Mapping[str, str] | None = None
+) -> RunningServer:
+    """`edgetune serve` on a free port; `env` adds to (or overrides) this process's variables."""
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log = data_dir / "server.log"
-    env = {**os.environ, "EDGETUNE_LATENCY_MIN_TIME_S": "0.05"}
+    variables = {**os.environ, "EDGETUNE_LATENCY_MIN_TIME_S": "0.05", **(env or {})}
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "edgetune", "serve", "--port", str(port), "--data-dir",
              str(data_dir), "--workers", str(workers)],
-            stdout=out, stderr=subprocess.STDOUT, env=env,
+            stdout=out, stderr=subprocess.STDOUT, env=variables,
         )
     server = RunningServer(
         url=f"http://127.0.0.1:{port}", data_dir=data_dir,

@@ -16,6 +16,9 @@ KNOWN_DEVICES = (LOCAL_DEVICE,)
 
 def validate_job_spec(spec: JobSpec) -> None:
     """Raise `InvalidSpecError` (field, rule) for a spec that pydantic accepts but cannot run."""
+    if spec.mode == "ask-tell":
+        _check_ask_tell(spec)
+        return
     trainer_cls = get_trainer_class(spec.trainer.name)
     trainer_cls.validate_spec(spec.trainer)
 
@@ -44,6 +47,7 @@ def validate_job_spec(spec: JobSpec) -> None:
     _check_sampler(spec, params)
     _check_pruner(spec, params, trainer_cls)
     _check_options(spec)
+    _check_resources(spec)
 
     named = [(f"objectives.{i}.device", o.device) for i, o in enumerate(spec.objectives)]
     named += [(f"constraints.{i}.device", c.device) for i, c in enumerate(spec.constraints)]
@@ -98,7 +102,27 @@ def _check_sampler(spec: JobSpec, params: list[Param]) -> None:
             raise InvalidSpecError("space.params", f"{algorithm.sampler}: {e}") from e
 
 
-def _check_pruner(spec: JobSpec, params: list[Param], trainer_cls: type[Trainer]) -> None:
+def _check_ask_tell(spec: JobSpec) -> None:
+    """Clients run the trials: no trainer, no devices of ours; they report every objective."""
+    if spec.algorithm.backend != "optuna":
+        raise InvalidSpecError("algorithm.backend",
+                               "ask-tell jobs run on the optuna backend: clients run the trials")
+    if spec.constraints:
+        raise InvalidSpecError("constraints", "ask-tell jobs take no constraints yet: tell "
+                               "an infeasible trial failed, or make the limit an objective")
+    params = resolve_space(spec.space.name, spec.space.params)
+    if not params:
+        raise InvalidSpecError("space", "the space has no parameters to search")
+    _check_sampler(spec, params)
+    _check_pruner(spec, params, None)
+    _check_options(spec)
+    _check_resources(spec)
+
+
+def _check_pruner(
+    spec: JobSpec, params: list[Param], trainer_cls: type[Trainer] | None
+) -> None:
+    """`trainer_cls` None: an ask/tell job, whose clients report every objective."""
     algorithm = spec.algorithm
     pruner = PRUNERS.get(algorithm.pruner)
     if pruner is None:
@@ -141,6 +165,8 @@ def _check_pruner(spec: JobSpec, params: list[Param], trainer_cls: type[Trainer]
             f"{algorithm.pruner!r} ranks several objectives, but the job has one; for one "
             f"on {backend!r}: {', '.join(fits)}",
         )
+    if trainer_cls is None:
+        return
     reported = trainer_cls.progress_metrics
     for i, o in enumerate(spec.objectives):
         if progress_metric(o.name, reported) is None:
@@ -172,3 +198,21 @@ def _check_options(spec: JobSpec) -> None:
             )
         if not OPTIONS[key].check(value):
             raise InvalidSpecError(field, f"is {value!r}, but must be {OPTIONS[key].rule}")
+
+
+def _check_resources(spec: JobSpec) -> None:
+    gpus = spec.resources.gpus
+    backend = spec.algorithm.backend
+    if backend == "optuna" and gpus > 0:
+        raise InvalidSpecError(
+            "resources.gpus",
+            f"is {gpus:g}, but the optuna backend does not schedule GPUs (a trial uses what "
+            "its trainer's `device` option picks); the ray backend schedules GPUs per trial: "
+            "set algorithm.backend to 'ray'",
+        )
+    if backend == "ray" and gpus == 0 and spec.trainer.options.get("device") == "cuda":
+        raise InvalidSpecError(
+            "resources.gpus",
+            "is 0, but trainer.options.device is 'cuda': a trial on the ray backend sees "
+            "only the GPUs it holds; set resources.gpus (e.g. 1 or 0.5) or device 'auto'",
+        )

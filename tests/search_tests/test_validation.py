@@ -132,9 +132,26 @@ def test_multi_objective_early_stopping_passes_with_stand_ins_for_latency_and_si
          "does not read (depth, kernel_size)"),
         ({"objectives": [{"name": "latency_ms", "device": "pixel7"}]}, "objectives.0.device",
          "registered devices: local"),
+        ({"resources": {"gpus": 1}}, "resources.gpus",
+         "the optuna backend does not schedule GPUs"),
+        ({"resources": {"gpus": 0.5}, "algorithm": {"pruner": "median"}}, "resources.gpus",
+         "the ray backend schedules GPUs per trial"),
+        ({"algorithm": {"backend": "ray"}, "trainer": {"options": {"device": "cuda"}}},
+         "resources.gpus", "sees only the GPUs it holds"),
     ],
 )
 def test_unrunnable_specs_are_refused_naming_the_field(data: dict, field: str, text: str) -> None:
     error = refuse(data)
     assert error.field == field
     assert text in error.message
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{"resources": {"cpus": 2}},  # the optuna backend runs a process per trial, whatever cpus
+     {"resources": {"cpus": 0.5, "gpus": 0.5}, "algorithm": {"backend": "ray"}},
+     {"resources": {"gpus": 2}, "algorithm": {"backend": "ray", "pruner": "asha"},
+      "trainer": {"options": {"device": "cuda"}}}],
+)
+def test_trial_resources_that_a_backend_can_schedule_pass(data: dict) -> None:
+    validate_job_spec(JobSpec.model_validate({"name": "x", **data}))

@@ -29,6 +29,13 @@ def test_latency_objective_defaults_to_the_local_device_and_minimize() -> None:
     assert spec.devices == ["local"]
 
 
+def test_a_trial_holds_one_cpu_and_no_gpu_by_default() -> None:
+    assert JobSpec(name="x").resources.model_dump() == {"cpus": 1.0, "gpus": 0.0}
+    spec = JobSpec(name="x", resources={"cpus": 0.5, "gpus": 0.25})
+    assert (spec.resources.cpus, spec.resources.gpus) == (0.5, 0.25)
+    assert JobSpec(name="x", resources={"gpus": 2}).resources.gpus == 2.0
+
+
 def test_round_trips_through_json() -> None:
     spec = JobSpec(
         name="rt",
@@ -89,6 +96,15 @@ def test_round_trips_through_json() -> None:
          "space.params", "must be unique"),
         ({"name": "x", "algorithm": {"backend": "slurm"}}, "algorithm.backend", "'optuna'"),
         ({"name": "x", "seed": -1}, "seed", "greater than or equal to 0"),
+        ({"name": "x", "resources": {"cpus": 0}}, "resources.cpus", "greater than 0"),
+        ({"name": "x", "resources": {"cpus": 2048}}, "resources.cpus",
+         "less than or equal to 1024"),
+        ({"name": "x", "resources": {"cpus": 0.00001}}, "resources.cpus", "steps of 0.0001"),
+        ({"name": "x", "resources": {"gpus": -1}}, "resources.gpus",
+         "greater than or equal to 0"),
+        ({"name": "x", "resources": {"gpus": 65}}, "resources.gpus", "less than or equal to 64"),
+        ({"name": "x", "resources": {"gpus": 1.5}}, "resources.gpus", "whole number of GPUs"),
+        ({"name": "x", "resources": {"memory": 1}}, "resources.memory", "Extra inputs"),
     ],
 )
 def test_bad_spec_names_field_and_rule(data: dict, field: str, rule: str) -> None:

@@ -81,6 +81,14 @@ def run_ray_trial(config: dict[str, Any], task: RayTrialTask) -> None:
 
     spec = JobSpec.model_validate_json(task.spec_json)
     epochs = spec.trainer.epochs
+    gpu_ids = ray.get_gpu_ids()
+    if not gpu_ids:
+        # Ray sets CUDA_VISIBLE_DEVICES only for a trial that holds GPUs; one that holds none
+        # would otherwise see, and with `device: auto` use, GPUs that other trials hold.
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    ray_attrs: dict[str, Any] = {"ray_node_id": ray.get_runtime_context().get_node_id()}
+    if gpu_ids:
+        ray_attrs["ray_gpu_ids"] = [str(i) for i in gpu_ids]
     params: dict[str, ParamValue] = config["params"]
     with tempfile.TemporaryDirectory(prefix="edgetune-ray-") as tmp:
         checkpoint_dir = Path(tmp) / "checkpoint"
@@ -108,7 +116,7 @@ def run_ray_trial(config: dict[str, Any], task: RayTrialTask) -> None:
         except Exception as e:
             result = {"state": "failed", "error": f"{type(e).__name__}: {e}",
                       "traceback": traceback.format_exc(limit=20)}
-        result.setdefault("user_attrs", {})["ray_params"] = params
+        result.setdefault("user_attrs", {}).update(ray_params=params, **ray_attrs)
         final = {"epoch": epochs, RESULT_KEY: json.dumps(result, default=str)}
         final.update({k: float(v) for k, v in result.get("metrics", {}).items()})
         tune.report(final)
@@ -125,7 +133,6 @@ class RayBackend:
         latency: MeasureConfig,
         ray_address: str | None = None,
         heartbeat_interval_s: float = 5.0,
-        cpus_per_trial: float = 1.0,
         reuse_actors: bool = True,
     ) -> None:
         self.storage_url = storage_url
@@ -133,7 +140,6 @@ class RayBackend:
         self.latency = latency
         self.ray_address = ray_address
         self.heartbeat_interval_s = heartbeat_interval_s
-        self.cpus_per_trial = cpus_per_trial
         self.reuse_actors = reuse_actors
 
     def connect(self) -> None:
@@ -190,9 +196,9 @@ class RayBackend:
                 "number": tune.grid_search(list(population)),
                 "params": tune.sample_from(lambda config: population[config["number"]]),
             }
-        trainable = tune.with_resources(
-            tune.with_parameters(run_ray_trial, task=task), {"cpu": self.cpus_per_trial}
-        )
+        resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
+        _warn_if_no_node_fits(resources)
+        trainable = tune.with_resources(tune.with_parameters(run_ray_trial, task=task), resources)
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,
@@ -225,6 +231,22 @@ class RayBackend:
             return JobOutcome(None, None)
         return job_outcome(study, n_trials=n_trials,
                            timed_out=deadline is not None and utcnow() >= deadline)
+
+
+def _warn_if_no_node_fits(resources: dict[str, float]) -> None:
+    """Ray Tune waits, without an error, for a node that can hold a trial: say so at once.
+
+    Only a warning: an autoscaling cluster may still add such a node.
+    """
+    need = {"CPU": resources["cpu"], "GPU": resources["gpu"]}
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if not any(all(node.get(k, 0.0) >= v for k, v in need.items() if v) for node in nodes):
+        logger.warning(
+            "no node of the Ray cluster can hold a trial (%g CPUs, %g GPUs; the nodes have %s); "
+            "trials wait until such a node joins", need["CPU"], need["GPU"],
+            "; ".join(f"{n.get('CPU', 0):g} CPUs, {n.get('GPU', 0):g} GPUs" for n in nodes)
+            or "none",
+        )
 
 
 def _scheduler_metric(spec: JobSpec) -> tuple[str | None, str | None]:
