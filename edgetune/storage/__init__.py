@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from edgetune.storage.db import Database, make_engine
 from edgetune.storage.jobs import DEFAULT_TENANT, JobRepository, utcnow
-from edgetune.storage.models import Job, JobStatus
-from edgetune.storage.optuna_storage import JOB_ID_ATTR, create_job_study, optuna_storage
+from edgetune.storage.models import Job, JobStatus, Runner
+from edgetune.storage.optuna_storage import (
+    JOB_ID_ATTR,
+    create_job_study,
+    optuna_storage,
+    upgrade_optuna_tables,
+)
 
 __all__ = [
     "DEFAULT_TENANT",
@@ -14,6 +19,7 @@ __all__ = [
     "Job",
     "JobRepository",
     "JobStatus",
+    "Runner",
     "create_job_study",
     "make_engine",
     "open_database",
@@ -29,5 +35,6 @@ def open_database(url: str, *, migrate: bool = True) -> Database:
     db = Database(url)
     if migrate:
         migrations.upgrade(db.engine)
+        upgrade_optuna_tables(db.url)
         optuna_storage(db.url)
     return db

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import case, func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from edgetune.errors import ConflictError, NotFoundError, StorageError
 from edgetune.spec import JobSpec
 from edgetune.storage.db import Database
-from edgetune.storage.models import Job, JobStatus
+from edgetune.storage.models import Job, JobStatus, Runner
 from edgetune.storage.optuna_storage import create_job_study
 
 DEFAULT_TENANT = "default"
@@ -33,14 +33,21 @@ class JobRepository:
 
     def create(self, spec: JobSpec, *, tenant: str = DEFAULT_TENANT) -> Job:
         job_id = str(uuid.uuid4())
+        runner = (Runner.ASK_TELL if spec.mode == "ask-tell"
+                  else Runner.RAY if spec.algorithm.backend == "ray" else Runner.OPTUNA)
+        # An ask/tell job runs from the start: its clients ask as soon as it exists.
+        status = JobStatus.RUNNING if runner == Runner.ASK_TELL else JobStatus.QUEUED
+        now = utcnow()
         job = Job(
             id=job_id,
             tenant=tenant,
             name=spec.name,
             spec=spec.model_dump_json(),
-            status=JobStatus.QUEUED.value,
+            status=status.value,
+            runner=runner.value,
             study_name=f"edgetune-{spec.name}-{job_id[:8]}",
-            created_at=utcnow(),
+            created_at=now,
+            started_at=now if status == JobStatus.RUNNING else None,
             cancel_requested=0,
         )
         # The study first: a job row never points at a study that does not exist.
@@ -86,11 +93,17 @@ class JobRepository:
         job = self.get(job_id, tenant=tenant)
         now = utcnow()
         with self._session() as session:
+            # A queued job, or an ask/tell one (no worker of ours runs its trials), ends now.
+            ends_now = or_(Job.status == JobStatus.QUEUED.value,
+                           (Job.status == JobStatus.RUNNING.value)
+                           & (Job.runner == Runner.ASK_TELL.value))
             changed = session.execute(
                 update(Job)
-                .where(Job.id == job.id, Job.status == JobStatus.QUEUED.value)
+                .where(Job.id == job.id, ends_now)
                 .values(status=JobStatus.CANCELLED.value, finished_at=now, cancel_requested=1,
-                        error="cancelled before it started")
+                        error=case((Job.status == JobStatus.QUEUED.value,
+                                    "cancelled before it started"),
+                                   else_="cancelled by request"))
                 .execution_options(synchronize_session=False)
             ).rowcount  # type: ignore[attr-defined]
             changed += session.execute(
@@ -105,25 +118,35 @@ class JobRepository:
         return job
 
     # --- the worker's side ---------------------------------------------------------------
-    def claim(self, owner: str, *, lease_s: float) -> Job | None:
-        """Take the oldest queued job, or a running one whose lease expired, for `owner`.
+    def claim(
+        self, owner: str, *, lease_s: float, skip: Collection[str] = ()
+    ) -> Job | None:
+        """The oldest job `owner` can work on, except those in `skip`: a queued one, which it
+        starts; a running job of the optuna backend, which it joins (workers share those
+        through the study); a running ray job whose lease expired, which it takes over.
 
-        The claim is a compare-and-set UPDATE, so two workers racing for one job cannot both
-        win, on SQLite or PostgreSQL alike.
+        Starting and taking over are compare-and-set UPDATEs, so of two workers racing for one
+        job only one wins, on SQLite or PostgreSQL alike.
         """
         now = utcnow()
-        claimable = or_(
+        exclusive = or_(
             Job.status == JobStatus.QUEUED.value,
-            (Job.status == JobStatus.RUNNING.value) & (Job.lease_expires_at < now),
+            (Job.status == JobStatus.RUNNING.value) & (Job.runner == Runner.RAY.value)
+            & (Job.lease_expires_at < now),
         )
+        joinable = ((Job.status == JobStatus.RUNNING.value)
+                    & (Job.runner == Runner.OPTUNA.value) & (Job.cancel_requested == 0))
+        query = select(Job).where(or_(exclusive, joinable), Job.runner != Runner.ASK_TELL.value)
+        if skip:
+            query = query.where(Job.id.not_in(list(skip)))
         with self._session() as session:
-            candidates = session.scalars(
-                select(Job.id).where(claimable).order_by(Job.created_at).limit(5)
-            ).all()
-            for job_id in candidates:
+            candidates = session.scalars(query.order_by(Job.created_at).limit(5)).all()
+            for job in candidates:
+                if job.status == JobStatus.RUNNING.value and job.runner == Runner.OPTUNA.value:
+                    return job
                 result = session.execute(
                     update(Job)
-                    .where(Job.id == job_id, claimable)
+                    .where(Job.id == job.id, exclusive)
                     .values(
                         status=JobStatus.RUNNING.value,
                         lease_owner=owner,
@@ -132,19 +155,23 @@ class JobRepository:
                     )
                     .execution_options(synchronize_session=False)
                 )
+                session.flush()
+                current = session.get(Job, job.id, populate_existing=True)
                 if result.rowcount == 1:  # type: ignore[attr-defined]
-                    session.flush()
-                    job = session.get(Job, job_id, populate_existing=True)
-                    return job
+                    return current
+                if (current is not None and current.status == JobStatus.RUNNING.value
+                        and current.runner == Runner.OPTUNA.value):
+                    return current  # another worker started it a moment ago: join it
         return None
 
     def renew_lease(self, job_id: str, owner: str, *, lease_s: float) -> bool:
-        """Extend `owner`'s lease; False when the lease was lost (another worker took it)."""
+        """Extend `owner`'s lease; False when the job is no longer its to run: another worker
+        took a ray job over, or the job ended (every worker of a shared job learns it so)."""
         with self._session() as session:
             result = session.execute(
                 update(Job)
-                .where(Job.id == job_id, Job.lease_owner == owner,
-                       Job.status == JobStatus.RUNNING.value)
+                .where(Job.id == job_id, Job.status == JobStatus.RUNNING.value,
+                       or_(Job.lease_owner == owner, Job.runner == Runner.OPTUNA.value))
                 .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
                 .execution_options(synchronize_session=False)
             )
@@ -155,22 +182,25 @@ class JobRepository:
             return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
 
     def finish(self, job_id: str, owner: str, status: JobStatus, error: str | None = None) -> None:
-        """End the job `owner` holds; a no-op when the lease was lost meanwhile."""
+        """End the job: a ray job only by the owner of its lease (a no-op once lost), a shared
+        or ask/tell job by whichever of its workers or requests sees it end first."""
         with self._session() as session:
             session.execute(
                 update(Job)
-                .where(Job.id == job_id, Job.lease_owner == owner)
+                .where(Job.id == job_id, Job.status == JobStatus.RUNNING.value,
+                       or_(Job.lease_owner == owner, Job.runner != Runner.RAY.value))
                 .values(status=status.value, error=error, finished_at=utcnow(),
                         lease_owner=None, lease_expires_at=None)
                 .execution_options(synchronize_session=False)
             )
 
     def release(self, job_id: str, owner: str) -> None:
-        """Give a running job back to the queue (its worker is stopping), to resume later."""
+        """Give a running ray job back to the queue (its worker is stopping), to resume later.
+        A shared job stays running: any worker joins it again."""
         with self._session() as session:
             session.execute(
                 update(Job)
-                .where(Job.id == job_id, Job.lease_owner == owner,
+                .where(Job.id == job_id, Job.lease_owner == owner, Job.runner == Runner.RAY.value,
                        Job.status == JobStatus.RUNNING.value)
                 .values(status=JobStatus.QUEUED.value, lease_owner=None, lease_expires_at=None)
                 .execution_options(synchronize_session=False)

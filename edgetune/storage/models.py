@@ -46,6 +46,14 @@ class JobStatus(enum.StrEnum):
         return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
+class Runner(enum.StrEnum):
+    """Who runs a job's trials, which decides how workers take it."""
+
+    OPTUNA = "optuna"  # workers share it: any number of them ask trials from its study
+    RAY = "ray"  # one worker drives a Ray Tune run; a lease keeps the others off
+    ASK_TELL = "ask-tell"  # clients ask and tell through the API; no worker takes it
+
+
 class Job(Base):
     """A submitted search. Its trials live in the Optuna study named `study_name`."""
 
@@ -56,6 +64,8 @@ class Job(Base):
     name: Mapped[str] = mapped_column(String(128))
     spec: Mapped[str] = mapped_column(Text)  # the JobSpec as JSON; never pickled
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)
+    runner: Mapped[str] = mapped_column(String(16), default=Runner.OPTUNA.value,
+                                        server_default=Runner.OPTUNA.value)
     study_name: Mapped[str] = mapped_column(String(512), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

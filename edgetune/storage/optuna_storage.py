@@ -16,12 +16,48 @@ JOB_ID_ATTR = "edgetune:job_id"
 
 
 @functools.lru_cache(maxsize=8)
-def optuna_storage(url: str) -> optuna.storages.RDBStorage:
-    """One RDBStorage per URL and process; Optuna creates or upgrades its own tables."""
+def optuna_storage(url: str, *, heartbeat_s: int | None = None) -> optuna.storages.RDBStorage:
+    """One RDBStorage per URL (and heartbeat) and process; `open_database` has brought Optuna's
+    tables to this optuna's schema first (`upgrade_optuna_tables`). With `heartbeat_s`, a
+    worker keeps its running trials alive with `record_heartbeat`, and those silent for 4
+    heartbeats count as stale (their worker died)."""
+    import warnings
+
     import optuna
 
     url = normalize_url(url)
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
+    if heartbeat_s is None:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url))
+    with warnings.catch_warnings():  # the heartbeat is experimental in Optuna, stable in use
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs=engine_kwargs(url), heartbeat_interval=heartbeat_s,
+            grace_period=4 * heartbeat_s,
+        )
+
+
+def upgrade_optuna_tables(url: str) -> None:
+    """Bring Optuna's own tables to the installed optuna's schema (`optuna storage upgrade`);
+    refuse tables that a newer optuna wrote, which this one would misread."""
+    import optuna
+
+    from edgetune.errors import StorageError
+
+    url = normalize_url(url)
+    storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url),
+                                         skip_compatibility_check=True)
+    try:
+        current, head = storage.get_current_version(), storage.get_head_version()
+        if current == head:
+            return
+        if current not in storage.get_all_versions():
+            raise StorageError(
+                f"the database's Optuna tables are at schema {current!r}, newer than optuna "
+                f"{optuna.__version__} knows (newest: {head!r}); upgrade optuna"
+            )
+        storage.upgrade()
+    finally:
+        storage.engine.dispose()
 
 
 def create_job_study(url: str, study_name: str, job_id: str, spec: JobSpec) -> None:

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from edgetune.errors import ConflictError, NotFoundError, StorageError
 from edgetune.spec import JobSpec
-from edgetune.storage import JobRepository, JobStatus, migrations, open_database
+from edgetune.storage import JobRepository, JobStatus, Runner, migrations, open_database
 
 
 @pytest.fixture
@@ -23,6 +23,11 @@ def jobs(database_url: str):
 
 def spec(name: str = "job", **kw) -> JobSpec:
     return JobSpec.model_validate({"name": name, **kw})
+
+
+def ray_spec(name: str = "job") -> JobSpec:
+    """A job one worker drives alone (through Ray), under a lease."""
+    return spec(name, algorithm={"backend": "ray", "sampler": "tpe"})
 
 
 def test_migrations_are_idempotent_and_at_head(jobs: JobRepository) -> None:
@@ -67,8 +72,8 @@ def test_unknown_job_is_not_found(jobs: JobRepository) -> None:
         jobs.request_cancel("nope")
 
 
-def test_only_one_of_many_racing_workers_claims_a_job(jobs: JobRepository) -> None:
-    job = jobs.create(spec())
+def test_only_one_of_many_racing_workers_claims_a_ray_job(jobs: JobRepository) -> None:
+    job = jobs.create(ray_spec())
     winners: list[str] = []
     barrier = threading.Barrier(8)
 
@@ -90,7 +95,7 @@ def test_only_one_of_many_racing_workers_claims_a_job(jobs: JobRepository) -> No
 
 
 def test_an_expired_lease_is_claimed_again_and_the_old_owner_loses(jobs: JobRepository) -> None:
-    job = jobs.create(spec())
+    job = jobs.create(ray_spec())
     assert jobs.claim("old", lease_s=0.2) is not None
     assert jobs.claim("new", lease_s=60) is None
     time.sleep(0.3)
@@ -103,7 +108,7 @@ def test_an_expired_lease_is_claimed_again_and_the_old_owner_loses(jobs: JobRepo
 
 
 def test_release_requeues_and_finish_records_the_outcome(jobs: JobRepository) -> None:
-    job = jobs.create(spec())
+    job = jobs.create(ray_spec())
     jobs.claim("w", lease_s=60)
     jobs.release(job.id, "w")
     assert jobs.get(job.id).status == JobStatus.QUEUED
@@ -112,6 +117,42 @@ def test_release_requeues_and_finish_records_the_outcome(jobs: JobRepository) ->
     done = jobs.get(job.id)
     assert done.status == JobStatus.FAILED and done.error == "all 3 trials failed"
     assert done.finished_at is not None and done.lease_owner is None
+
+
+def test_racing_workers_all_join_a_shared_job_which_one_of_them_started(
+    jobs: JobRepository,
+) -> None:
+    job = jobs.create(spec())
+    assert job.runner == Runner.OPTUNA
+    got: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def race(i: int) -> None:
+        barrier.wait()
+        claimed = jobs.claim(f"w{i}", lease_s=60)
+        if claimed is not None:
+            got.append(claimed.id)
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == [job.id] * 8
+    running = jobs.get(job.id)
+    assert running.status == JobStatus.RUNNING and running.started_at is not None
+    # A worker passes over a job it has just found nothing to do in.
+    assert jobs.claim("w9", lease_s=60, skip={job.id}) is None
+    # Every worker keeps it alive; none hands it back to the queue; any of them ends it.
+    assert jobs.renew_lease(job.id, "w3", lease_s=60)
+    jobs.release(job.id, "w3")
+    assert jobs.get(job.id).status == JobStatus.RUNNING
+    jobs.finish(job.id, "w5", JobStatus.SUCCEEDED)
+    jobs.finish(job.id, "w6", JobStatus.FAILED, "too late")  # the first to end it wins
+    done = jobs.get(job.id)
+    assert done.status == JobStatus.SUCCEEDED and done.error is None
+    assert not jobs.renew_lease(job.id, "w3", lease_s=60)  # its workers learn it ended
+    assert jobs.claim("w9", lease_s=60) is None
 
 
 def test_cancel_queued_at_once_running_by_request_finished_refused(jobs: JobRepository) -> None:
@@ -124,3 +165,13 @@ def test_cancel_queued_at_once_running_by_request_finished_refused(jobs: JobRepo
     assert not jobs.cancel_requested(running.id)
     assert jobs.request_cancel(running.id).status == JobStatus.RUNNING
     assert jobs.cancel_requested(running.id)
+
+
+def test_optuna_tables_newer_than_the_installed_optuna_are_refused(database_url: str) -> None:
+    open_database(database_url).dispose()
+    engine = sa.create_engine(open_database(database_url, migrate=False).url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = 'v99.0.0.z'")
+    engine.dispose()
+    with pytest.raises(StorageError, match=r"Optuna tables are at schema 'v99\.0\.0\.z', newer"):
+        open_database(database_url)
