@@ -41,12 +41,17 @@ class Settings(BaseSettings):
     latency_min_repeats: int = Field(default=30, ge=1, le=1_000_000)
     latency_min_time_s: float = Field(default=0.2, ge=0, le=600)
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    worker_trials: int | None = Field(
+        default=None, ge=1, le=1024,
+        description="The most trials one worker runs at once (its share of its machine); "
+                    "unset: as many as a job's parallelism. Workers share a job's parallelism.",
+    )
     ray_address: str | None = Field(
         default=None,
-        description="Ray cluster for jobs on the ray backend (`ray://host:10001` or "
-                    "`host:6379`); unset starts a local Ray in the worker.",
+        description="Ray cluster for jobs on the ray backend: `host:6379` (its GCS; this "
+                    "machine must be a node of it) or `ray://host:10001` (Ray Client, needs "
+                    "`ray[client]`); unset starts a local Ray in the worker.",
     )
-    ray_cpus_per_trial: float = Field(default=1.0, gt=0, le=1024)
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:

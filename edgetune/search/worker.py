@@ -1,4 +1,5 @@
-"""A worker: claims queued jobs through a lease in the database and runs them."""
+"""A worker: takes jobs from the database (starting queued ones, joining shared running ones)
+and runs their trials."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import signal
 import socket
 import threading
+import time
 import uuid
 from types import FrameType
 
@@ -69,6 +71,7 @@ class Worker:
             latency=self.latency,
             poll_interval_s=min(0.5, settings.poll_interval_s),
             heartbeat_interval_s=settings.job_lease_s / 4,
+            max_running=settings.worker_trials,
         )
         self._ray: Backend | None = None
 
@@ -85,7 +88,6 @@ class Worker:
                 latency=self.latency,
                 ray_address=self.settings.ray_address,
                 heartbeat_interval_s=self.settings.job_lease_s / 4,
-                cpus_per_trial=self.settings.ray_cpus_per_trial,
             )
         return self._ray
 
@@ -104,9 +106,14 @@ class Worker:
     def run(self, *, once: bool = False) -> None:
         """Claim and run jobs until stopped (or, with `once`, until the queue is empty)."""
         logger.info("worker %s: watching %s", self.name, self.db.engine.url)
+        # Shared jobs this worker just found nothing to run in (their parallelism is taken by
+        # other workers): passed over until the time noted, so that it looks at other jobs.
+        idle: dict[str, float] = {}
         while not (self.stopping.is_set() or self.parent_gone()):
+            now = time.monotonic()
+            idle = {job_id: until for job_id, until in idle.items() if until > now}
             try:
-                job = self.jobs.claim(self.name, lease_s=self.settings.job_lease_s)
+                job = self.jobs.claim(self.name, lease_s=self.settings.job_lease_s, skip=idle)
             except StorageError as e:
                 logger.warning("worker %s: could not claim a job: %s", self.name, e)
                 job = None
@@ -115,7 +122,8 @@ class Worker:
                     return
                 self.stopping.wait(self.settings.poll_interval_s)
                 continue
-            self.run_job(job)
+            if self.run_job(job).status is None:
+                idle[job.id] = time.monotonic() + self.settings.poll_interval_s
         self.db.dispose()
 
     def run_job(self, job: Job) -> JobOutcome:
@@ -141,5 +149,5 @@ class Worker:
                                job.id, e, attempt + 1)
                 self.stopping.wait(2.0**attempt)
         logger.info("worker %s: job %s %s", self.name, job.id,
-                    "handed back to the queue" if status is None else status.value)
+                    "left to others" if status is None else status.value)
         return outcome

@@ -7,6 +7,7 @@ import math
 import multiprocessing
 import signal
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -18,6 +19,7 @@ from typing import Any, Protocol
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
+from sqlalchemy import text
 
 from edgetune.devices import MeasureConfig
 from edgetune.search.constraints import violations
@@ -31,6 +33,7 @@ from edgetune.search.trial_process import (
 from edgetune.spaces import Param, resolve_space
 from edgetune.spec import JobSpec
 from edgetune.storage import Job, JobStatus, optuna_storage, utcnow
+from edgetune.storage.locks import job_lock
 from edgetune.storage.trials import INFRA_FAILURE_KEY
 
 logger = logging.getLogger(__name__)
@@ -77,7 +80,11 @@ def trial_context() -> BaseContext:
 
 
 class OptunaBackend:
-    """Runs one job: asks the study for parameters, trains in children, tells the results."""
+    """Runs trials of one job: asks the study for parameters, trains in children, tells the
+    results. Any number of workers, on any machines, may run one job together: each asks
+    under the job's lock (`job_lock`) while the study holds fewer running trials than the
+    job's parallelism and its budget is not spent, and keeps its own trials alive with Optuna's
+    heartbeat, so that a dead worker's trials are failed and asked again by the others."""
 
     def __init__(
         self,
@@ -87,6 +94,7 @@ class OptunaBackend:
         latency: MeasureConfig,
         poll_interval_s: float = 0.5,
         heartbeat_interval_s: float = 5.0,
+        max_running: int | None = None,
         context: BaseContext | None = None,
     ) -> None:
         self.storage_url = storage_url
@@ -94,15 +102,21 @@ class OptunaBackend:
         self.latency = latency
         self.poll_interval_s = poll_interval_s
         self.heartbeat_interval_s = heartbeat_interval_s
+        #: The most trials this worker runs at once (its share of a machine); None: as many
+        #: as the job's parallelism.
+        self.max_running = max_running
         self.context = context or trial_context()
 
     def run(self, job: Job, spec: JobSpec, control: JobControl) -> JobOutcome:
         space = resolve_space(spec.space.name, spec.space.params)
-        study = load_job_study(job, spec, space, self.storage_url)
-        fail_leftovers(study)
+        storage = optuna_storage(self.storage_url,
+                                 heartbeat_s=max(1, round(self.heartbeat_interval_s)))
+        study = load_job_study(job, spec, space, storage)
+        with job_lock(storage.engine, job.id):
+            fail_dead_trials(study, storage)
         running: dict[int, _Running] = {}
         try:
-            return self._run(job, spec, space, control, study, running)
+            return self._run(job, spec, space, control, study, storage, running)
         except BaseException:
             # Whatever broke (the database, a signal), no child may outlive this run and no
             # trial may stay RUNNING.
@@ -111,17 +125,16 @@ class OptunaBackend:
 
     def _run(
         self, job: Job, spec: JobSpec, space: list[Param], control: JobControl,
-        study: optuna.Study, running: dict[int, _Running],
+        study: optuna.Study, storage: optuna.storages.RDBStorage,
+        running: dict[int, _Running],
     ) -> JobOutcome:
         budget = spec.budget
         n_trials = trial_budget(spec, space)
+        slots = min(budget.parallelism, self.max_running or budget.parallelism)
         deadline = (
             job.started_at + timedelta(seconds=budget.timeout_s)
             if budget.timeout_s and job.started_at else None
         )
-        finished = [t for t in study.get_trials(deepcopy=False) if _counts(t)]
-        counted = len(finished)
-        succeeded = sum(1 for t in finished if t.state != TrialState.FAIL)
         report_to_pruner = spec.algorithm.pruner != "none"
         last_heartbeat = time.monotonic()
 
@@ -129,8 +142,12 @@ class OptunaBackend:
             if time.monotonic() - last_heartbeat >= self.heartbeat_interval_s:
                 last_heartbeat = time.monotonic()
                 if not control.heartbeat():
-                    self._stop_all(study, running, "the worker lost the job's lease")
+                    self._stop_all(study, running, "the job ended or went to another worker")
                     return JobOutcome(None, "lease lost")
+                for run in running.values():
+                    storage.record_heartbeat(run.trial._trial_id)
+                with job_lock(storage.engine, job.id):
+                    fail_dead_trials(study, storage)
             if control.cancel_requested():
                 self._stop_all(study, running, "the job was cancelled")
                 return JobOutcome(JobStatus.CANCELLED, "cancelled by request")
@@ -139,12 +156,11 @@ class OptunaBackend:
                 return JobOutcome(None, None)
 
             timed_out = deadline is not None and utcnow() >= deadline
-            # A spec that makes every trial fail (a missing dataset, a bad option) should not
-            # burn its whole budget: stop starting trials once the first few all failed.
-            hopeless = succeeded == 0 and counted >= MAX_INITIAL_FAILURES
-            while (not timed_out and not hopeless and len(running) < budget.parallelism
-                   and counted + len(running) < n_trials):
-                trial = study.ask()
+            while not timed_out and len(running) < slots:
+                with job_lock(storage.engine, job.id):
+                    if not BudgetState.of(study).may_ask(n_trials, budget.parallelism):
+                        break
+                    trial = ask_with_heartbeat(study, storage)
                 params = suggest(trial, space)
                 fixed = {k: v for k, v in params.items() if k not in trial.params}
                 if fixed:
@@ -162,12 +178,15 @@ class OptunaBackend:
                     del running[number]
                     result = _receive(run)
                     state = tell_result(study, run.trial, spec.metric_names, result)
-                    counted += 1
-                    succeeded += state != TrialState.FAIL
                     logger.info("job %s: trial %d %s", job.id, number, state.name.lower())
 
-        return job_outcome(study, n_trials=n_trials,
-                             timed_out=deadline is not None and utcnow() >= deadline)
+        # This worker has nothing left to run. The job has ended when no trial runs anywhere
+        # and none may be asked; otherwise other workers (or this one, joining again) go on.
+        used = BudgetState.of(study)
+        timed_out = deadline is not None and utcnow() >= deadline
+        if used.running == 0 and (timed_out or not used.may_ask(n_trials, budget.parallelism)):
+            return job_outcome(study, n_trials=n_trials, timed_out=timed_out)
+        return JobOutcome(None, None)
 
     # --- steps -----------------------------------------------------------------------------
     def _start(
@@ -261,6 +280,70 @@ def _record(
     study.tell(trial, state=TrialState.FAIL)
     return TrialState.FAIL
 
+@dataclass(frozen=True)
+class BudgetState:
+    """How much of a job's budget its study has used, read under the job's lock."""
+
+    counted: int  # finished trials that use budget (not infrastructure failures)
+    succeeded: int  # of those, the ones that did not fail
+    running: int
+
+    @classmethod
+    def of(cls, study: optuna.Study) -> BudgetState:
+        trials = study.get_trials(deepcopy=False)
+        counted = [t for t in trials if _counts(t)]
+        return cls(
+            counted=len(counted),
+            succeeded=sum(1 for t in counted if t.state != TrialState.FAIL),
+            running=sum(1 for t in trials if t.state == TrialState.RUNNING),
+        )
+
+    def may_ask(self, n_trials: int, parallelism: int) -> bool:
+        # A spec that makes every trial fail (a missing dataset, a bad option) should not
+        # burn its whole budget: stop asking once the first few all failed.
+        hopeless = self.succeeded == 0 and self.counted >= MAX_INITIAL_FAILURES
+        return (not hopeless and self.running < parallelism
+                and self.counted + self.running < n_trials)
+
+
+def ask_with_heartbeat(study: optuna.Study, storage: optuna.storages.RDBStorage) -> optuna.Trial:
+    """A new trial with its first heartbeat; call it under the job's lock (`fail_dead_trials`)."""
+    with warnings.catch_warnings():
+        # Optuna's heartbeat was built for `Study.optimize`; we drive it ourselves.
+        warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used")
+        trial = study.ask()
+    storage.record_heartbeat(trial._trial_id)
+    return trial
+
+
+def fail_dead_trials(study: optuna.Study, storage: optuna.storages.RDBStorage) -> None:
+    """Fail the trials whose worker died, as infrastructure failures (so others run again):
+    those whose heartbeat went stale, and those with none at all. Call it under the job's
+    lock: a worker holds that lock from asking a trial to its first heartbeat, so a running
+    trial without one seen under the lock was asked by a worker that died in between (or
+    before this edgetune recorded heartbeats)."""
+    with storage.engine.connect() as conn:
+        orphans = conn.execute(
+            text("SELECT t.trial_id FROM trials t LEFT JOIN trial_heartbeats h "
+                 "ON h.trial_id = t.trial_id WHERE t.study_id = :study AND "
+                 "t.state = 'RUNNING' AND h.trial_id IS NULL"),
+            {"study": study._study_id},
+        ).scalars().all()
+    dead = {**{i: "its worker died" for i in orphans},
+            **{i: "its worker stopped answering"
+               for i in storage._get_stale_trial_ids(study._study_id)}}
+    for trial_id, reason in dead.items():
+        try:
+            # The reason first: Optuna refuses attributes on a finished trial.
+            storage.set_trial_user_attr(trial_id, ERROR_ATTR, reason)
+            storage.set_trial_user_attr(trial_id, INFRA_FAILURE_KEY, True)
+            if storage.set_trial_state_values(trial_id, TrialState.FAIL):
+                logger.warning("trial %d of %s: %s; marked failed, to run again", trial_id,
+                               study.study_name, reason)
+        except UpdateFinishedTrialError:
+            pass  # it ended meanwhile, or another worker failed it first
+
+
 def fail_leftovers(study: optuna.Study) -> None:
     # This worker holds the job's lease, so a trial still RUNNING was left by a worker that
     # died: it failed through no fault of its parameters and is run again.
@@ -293,7 +376,7 @@ def job_outcome(study: optuna.Study, *, n_trials: int, timed_out: bool) -> JobOu
 
 
 def load_job_study(
-    job: Job, spec: JobSpec, space: list[Param], storage_url: str
+    job: Job, spec: JobSpec, space: list[Param], storage: str | optuna.storages.BaseStorage
 ) -> optuna.Study:
     """The job's study with the sampler (and, on this backend, the pruner) the spec names."""
     constraints_func = None
@@ -310,7 +393,7 @@ def load_job_study(
     build_pruner = PRUNERS[spec.algorithm.pruner].optuna
     return optuna.load_study(
         study_name=job.study_name,
-        storage=optuna_storage(storage_url),
+        storage=optuna_storage(storage) if isinstance(storage, str) else storage,
         sampler=entry.build(ctx),
         pruner=build_pruner(ctx) if build_pruner is not None else None,
     )
