@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from edgetune.spec import JobSpec
 
@@ -76,6 +76,53 @@ class TrialPublic(BaseModel):
 class TrialsPublic(BaseModel):
     data: list[TrialPublic]
     count: int
+
+
+# --- ask/tell ------------------------------------------------------------------------------
+Metric = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class AskCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    client_id: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$",
+        description="Who asks: the same client asking again gets its unfinished trial back.",
+    )
+
+
+class AskedTrialPublic(BaseModel):
+    job_id: str
+    number: int
+    params: dict[str, Any]
+    resumed: bool = Field(description="True when this is the client's unfinished trial again.")
+
+
+class ReportCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    step: int = Field(ge=0, le=10_000_000, description="The epoch (or other step) reported.")
+    values: dict[Metric, float] = Field(
+        max_length=8, description="The objectives' values at this step, by objective name."
+    )
+
+
+class ReportPublic(BaseModel):
+    should_stop: bool = Field(description="The job's pruner says stop: tell the trial pruned.")
+
+
+class TellCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    state: Literal["complete", "pruned", "failed"] = "complete"
+    values: dict[Metric, float] = Field(
+        default_factory=dict, max_length=8,
+        description="The objectives' final values by name; all of them when complete.",
+    )
+    metrics: dict[Metric, float] = Field(
+        default_factory=dict, max_length=64, description="Anything else the trial measured.",
+    )
+    error: str | None = Field(default=None, max_length=4000, description="Why it failed.")
 
 
 class ObjectivePublic(BaseModel):

@@ -11,10 +11,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edgetune import __version__
 from edgetune.api.errors import install_error_handlers
-from edgetune.api.routes import artifacts, health, jobs
+from edgetune.api.routes import artifacts, ask_tell, health, jobs
+from edgetune.search.ask_tell import AskTellStudies
 from edgetune.search.front import FrontView
 from edgetune.settings import Settings
-from edgetune.storage import open_database
+from edgetune.storage import JobRepository, open_database
 
 API_PREFIX = "/api/v1"
 
@@ -26,6 +27,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.db = open_database(settings.url)
         app.state.front = FrontView(app.state.db)
+        app.state.ask_tell = AskTellStudies(
+            JobRepository(app.state.db), heartbeat_s=max(1, round(settings.job_lease_s / 4))
+        )
         yield
         app.state.db.dispose()
 
@@ -43,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(health.router)
     api.include_router(jobs.router)
+    api.include_router(ask_tell.router)
     api.include_router(artifacts.router)
     app.include_router(api)
     return app

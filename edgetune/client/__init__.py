@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from edgetune.client._client import APIError, Client
+from edgetune.client._client import APIError, AskedTrial, Client
 
-__all__ = ["APIError", "Client"]
+__all__ = ["APIError", "AskedTrial", "Client"]

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -13,11 +17,13 @@ import httpx
 
 from edgetune.errors import ConflictError, EdgetuneError, InvalidSpecError, NotFoundError
 from edgetune.schemas import (
+    AskedTrialPublic,
     HealthPublic,
     HypervolumePublic,
     JobPublic,
     JobsPublic,
     ParetoPublic,
+    ReportPublic,
     TrialPublic,
     TrialsPublic,
 )
@@ -39,6 +45,8 @@ class Client:
     """`Client("http://127.0.0.1:8000")`; use as a context manager or call `close()`."""
 
     def __init__(self, base_url: str, *, token: str | None = None, timeout: float = 30.0) -> None:
+        #: Who this client is to ask/tell jobs: asks are idempotent per client id.
+        self.client_id = f"{socket.gethostname()[:60]}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(
             base_url=base_url.rstrip("/") + "/api/v1", headers=headers, timeout=timeout
@@ -102,7 +110,7 @@ class Client:
             self._request("GET", f"/jobs/{job_id}/trials", params=params)
         )
 
-    def trial(self, job_id: str, number: int) -> TrialPublic:
+    def get_trial(self, job_id: str, number: int) -> TrialPublic:
         return TrialPublic.model_validate(self._request("GET", f"/jobs/{job_id}/trials/{number}"))
 
     def pareto(
@@ -178,6 +186,56 @@ class Client:
     def health(self) -> HealthPublic:
         return HealthPublic.model_validate(self._request("GET", "/health"))
 
+    # --- ask/tell: trials the caller runs itself -----------------------------------------------
+    def ask(self, job_id: str, *, client_id: str | None = None) -> AskedTrialPublic:
+        """Parameters for a trial of an ask/tell job. Asking again with the same `client_id`
+        (by default this client's own) before telling gives back the same trial."""
+        return AskedTrialPublic.model_validate(self._request(
+            "POST", f"/jobs/{job_id}/trials:ask", json={"client_id": client_id or self.client_id}
+        ))
+
+    def report(self, job_id: str, number: int, step: int, values: Mapping[str, float]) -> bool:
+        """An intermediate result (objective values by name at `step`); True means stop: the
+        job's pruner has pruned the trial, tell it `state="pruned"`."""
+        return ReportPublic.model_validate(self._request(
+            "POST", f"/jobs/{job_id}/trials/{number}:report",
+            json={"step": step, "values": dict(values)},
+        )).should_stop
+
+    def tell(
+        self, job_id: str, number: int, values: Mapping[str, float] | None = None, *,
+        state: str = "complete", metrics: Mapping[str, float] | None = None,
+        error: str | None = None,
+    ) -> TrialPublic:
+        """Finish a trial: its objective values by name, or `state="pruned"` / `"failed"`."""
+        body = {"state": state, "values": dict(values or {}), "metrics": dict(metrics or {}),
+                "error": error}
+        return TrialPublic.model_validate(
+            self._request("POST", f"/jobs/{job_id}/trials/{number}:tell", json=body)
+        )
+
+    @contextmanager
+    def trial(self, job_id: str, *, client_id: str | None = None) -> Iterator[AskedTrial]:
+        """`with client.trial(job_id) as t:` train with `t.params`, `t.report(...)` each
+        epoch, `t.tell({...})` at the end. An exception in the block tells the trial failed
+        (and goes on); a block that ends without telling tells it pruned when the pruner said
+        stop, else failed."""
+        asked = self.ask(job_id, client_id=client_id)
+        t = AskedTrial(self, job_id, asked.number, asked.params)
+        try:
+            yield t
+        except BaseException as e:
+            if t.result is None:
+                t.result = self.tell(job_id, t.number, state="failed",
+                                     error=f"{type(e).__name__}: {e}")
+            raise
+        if t.result is None:
+            if t.should_stop:
+                t.result = self.tell(job_id, t.number, state="pruned")
+            else:
+                t.result = self.tell(job_id, t.number, state="failed",
+                                     error="the client's block ended without telling a result")
+
     # --- transport -------------------------------------------------------------------------
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         response = self._http.request(method, path, **kwargs)
@@ -201,6 +259,28 @@ class Client:
         if response.status_code == 409:
             raise ConflictError(str(detail))
         raise APIError(response.status_code, detail)
+
+
+class AskedTrial:
+    """A trial of an ask/tell job being run by this process (see `Client.trial`)."""
+
+    def __init__(self, client: Client, job_id: str, number: int, params: dict[str, Any]) -> None:
+        self.client = client
+        self.job_id = job_id
+        self.number = number
+        self.params = params
+        self.should_stop = False
+        self.result: TrialPublic | None = None
+
+    def report(self, step: int, values: Mapping[str, float]) -> bool:
+        """Report progress; True when the pruner says stop (leave the block to prune it)."""
+        self.should_stop = self.client.report(self.job_id, self.number, step, values)
+        return self.should_stop
+
+    def tell(self, values: Mapping[str, float], *,
+             metrics: Mapping[str, float] | None = None) -> TrialPublic:
+        self.result = self.client.tell(self.job_id, self.number, values, metrics=metrics)
+        return self.result
 
 
 def _front_params(

@@ -174,7 +174,7 @@ def _reporter(task: TrialTask, spec: JobSpec) -> Report:
     import optuna
 
     from edgetune.search.registry import PRUNERS, AlgorithmContext, progress_metric
-    from edgetune.search.schedulers import report_values
+    from edgetune.search.schedulers import report_progress
     from edgetune.spaces import resolve_space
     from edgetune.storage import optuna_storage
     from edgetune.trainers import get_trainer_class
@@ -188,19 +188,12 @@ def _reporter(task: TrialTask, spec: JobSpec) -> Report:
         sampler=optuna.samplers.RandomSampler(),  # params are already sampled
         pruner=pruner,
     )
-    trial = optuna.trial.Trial(study, task.trial_id)
     reported = get_trainer_class(spec.trainer.name).progress_metrics
     keys = [progress_metric(o.name, reported) for o in spec.objectives]
 
     def report(epoch: int, metrics: Mapping[str, float]) -> None:
         values = [float(metrics[k]) for k in keys if k is not None]
-        if len(values) == 1:
-            trial.report(values[0], step=epoch)
-            stop = trial.should_prune()
-        else:
-            report_values(study, task.trial_id, epoch, values)
-            stop = pruner.prune(study, study._storage.get_trial(task.trial_id))
-        if stop:
+        if report_progress(study, task.trial_id, epoch, values):
             raise TrialPruned({"metrics": dict(metrics), "user_attrs": {"pruned_at_epoch": epoch}})
 
     return report

@@ -3,6 +3,6 @@
 Its bookkeeping lives in trial system attributes (`mo_asha:*`), so any worker can resume it.
 """
 
-from edgetune.search.schedulers._mo_asha import MOASHAPruner, report_values
+from edgetune.search.schedulers._mo_asha import MOASHAPruner, report_progress, report_values
 
-__all__ = ["MOASHAPruner", "report_values"]
+__all__ = ["MOASHAPruner", "report_progress", "report_values"]

@@ -225,3 +225,21 @@ class MOASHAPruner(BasePruner):
                 return True
 
             rung += 1
+
+
+def report_progress(study: optuna.Study, trial_id: int, step: int, values: Sequence[float]) -> bool:
+    """Hand a running trial's progress at `step` to the study's pruner; True when it says stop.
+
+    One value goes through Optuna's `Trial.report` and `should_prune`, which every Optuna
+    pruner reads; several (mo-asha) through `report_values`, since Optuna keeps one float per
+    step. Used by trials of the optuna backend and by ask/tell clients alike.
+    """
+    from optuna.trial import Trial
+
+    if len(values) == 1:
+        trial = Trial(study, trial_id)
+        trial.report(float(values[0]), step=step)
+        return trial.should_prune()
+    report_values(study, trial_id, step, values)
+    return study.pruner.prune(study, study._storage.get_trial(trial_id))
+
