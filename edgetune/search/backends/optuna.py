@@ -9,7 +9,7 @@ import signal
 import time
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import BaseContext
@@ -24,6 +24,7 @@ from sqlalchemy import text
 from edgetune.devices import MeasureConfig
 from edgetune.search.constraints import violations
 from edgetune.search.registry import PRUNERS, SAMPLERS, AlgorithmContext
+from edgetune.search.samplers import TrialSeededSampler
 from edgetune.search.space import suggest
 from edgetune.search.trial_process import (
     PRELOAD,
@@ -378,7 +379,8 @@ def job_outcome(study: optuna.Study, *, n_trials: int, timed_out: bool) -> JobOu
 def load_job_study(
     job: Job, spec: JobSpec, space: list[Param], storage: str | optuna.storages.BaseStorage
 ) -> optuna.Study:
-    """The job's study with the sampler (and, on this backend, the pruner) the spec names."""
+    """The job's study with the sampler (seeded per trial number: `TrialSeededSampler`) and, on
+    this backend, the pruner the spec names."""
     constraints_func = None
     if spec.constraints:
         constraints = list(spec.constraints)
@@ -391,10 +393,14 @@ def load_job_study(
         spec, space, constraints_func=constraints_func if entry.constraints else None
     )
     build_pruner = PRUNERS[spec.algorithm.pruner].optuna
+
+    def build_sampler(seed: int | None) -> optuna.samplers.BaseSampler:
+        return entry.build(replace(ctx, spec=spec.model_copy(update={"seed": seed})))
+
     return optuna.load_study(
         study_name=job.study_name,
         storage=optuna_storage(storage) if isinstance(storage, str) else storage,
-        sampler=entry.build(ctx),
+        sampler=TrialSeededSampler(build_sampler, seed=spec.seed),
         pruner=build_pruner(ctx) if build_pruner is not None else None,
     )
 

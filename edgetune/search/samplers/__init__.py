@@ -1,4 +1,5 @@
-"""Samplers of our own, beside Optuna's: a grid over active combinations and the RL controller.
+"""Samplers of our own, beside Optuna's: a grid over active combinations, the RL controller, and
+the wrapper that seeds each trial by its number.
 
 They are Optuna samplers, so either backend runs them, and both keep their state in the study.
 """
@@ -11,6 +12,7 @@ from edgetune.search.samplers._grid import (
     grid_size,
 )
 from edgetune.search.samplers._rl import MnasNetReward, Reward, RLSampler, ScalarizedReward
+from edgetune.search.samplers._trial_seeded import TrialSeededSampler, trial_seed
 
 __all__ = [
     "GRID_ID_KEY",
@@ -20,6 +22,8 @@ __all__ = [
     "Reward",
     "ScalarizedReward",
     "SpaceGridSampler",
+    "TrialSeededSampler",
     "grid_points",
     "grid_size",
+    "trial_seed",
 ]
