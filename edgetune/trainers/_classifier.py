@@ -234,7 +234,9 @@ class TrainingLoop:
         knobs = self.knobs
         if knobs.prune == "magnitude":
             compression.magnitude_prune(model, knobs.prune_amount)
-        elif knobs.prune == "channel":
+        elif knobs.prune == "channel" and compression.channel_prunable(model):
+            # (A network without hidden channels, e.g. every expansion ratio 1, has none to
+            # remove: there the knob changes nothing, and `pruned_channels` says 0.)
             self.removed_channels = compression.channel_prune(
                 model, knobs.prune_amount, knobs.prune_criterion
             )

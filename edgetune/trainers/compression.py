@@ -88,6 +88,11 @@ def sparsity(model: nn.Module) -> float:
 # --- structured (channel) pruning ------------------------------------------------------------
 
 
+def channel_prunable(model: torch.nn.Module) -> bool:
+    """Whether `channel_prune` finds anything to remove (a block with hidden channels)."""
+    return bool(_prunable_blocks(model))
+
+
 def _prunable_blocks(model: nn.Module) -> list[ChannelPrunable]:
     return [
         m for m in model.modules() if isinstance(m, ChannelPrunable) and m.hidden_channels > 0

@@ -54,6 +54,16 @@ def test_channel_pruning_shrinks_the_model_and_fine_tunes(tmp_path: Path) -> Non
     assert m_pruned["accuracy"] > 0.5
 
 
+def test_channel_pruning_a_network_without_hidden_channels_changes_nothing() -> None:
+    # Every expansion ratio 1: no block has hidden channels to remove. A search may well
+    # sample that with prune=channel; the trial must not fail for it.
+    plain = {**MOBILENET, "s1_expand": 1, "s2_expand": 1, "s3_expand": 1}
+    dense, _ = fit(plain, epochs=1)
+    pruned, _ = fit({**plain, "prune": "channel", "prune_amount": 0.5}, epochs=1)
+    assert count_params(pruned.model) == count_params(dense.model)
+    assert pruned.metrics["pruned_channels"] == 0
+
+
 def test_magnitude_pruning_reaches_its_sparsity() -> None:
     result, _ = fit({**MOBILENET, "prune": "magnitude", "prune_amount": 0.6})
     assert result.metrics["sparsity"] == pytest.approx(0.6, abs=0.01)
