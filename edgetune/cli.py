@@ -82,6 +82,8 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on (loopback only).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     workers: Annotated[int, typer.Option(help="Local worker processes to start.")] = 1,
+    api_workers: Annotated[int, typer.Option(
+        min=1, max=64, help="API server processes (uvicorn workers) on the one port.")] = 1,
     data_dir: DataDirOpt = None,
     database_url: DbOpt = None,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "info",
@@ -102,8 +104,16 @@ def serve(
     pool.start()
     try:
         # Event streams stay open while their jobs run: give them 5 s to close on shutdown.
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                    log_level=log_level.lower(), timeout_graceful_shutdown=5)
+        if api_workers == 1:
+            uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                        log_level=log_level.lower(), timeout_graceful_shutdown=5)
+        else:
+            # Each API process builds its app from the same settings, through the environment;
+            # ask/tell holds across them by the job's database lock.
+            os.environ.update(env)
+            uvicorn.run("edgetune.api.main:create_app", factory=True, workers=api_workers,
+                        host=settings.host, port=settings.port, log_level=log_level.lower(),
+                        timeout_graceful_shutdown=5)
     finally:
         pool.stop()
 
