@@ -18,22 +18,13 @@ import time
 from pathlib import Path
 
 from edgetune.devices import MeasureConfig
-from edgetune.search.backends import Backend, OptunaBackend
+from edgetune.search.backends import Backend, OptunaBackend, RunToEnd
 from edgetune.spec import JobSpec
 from edgetune.storage import JobRepository, JobStatus, open_database
 
 OUT = Path(__file__).parent / "results" / "backend_overhead.md"
 
 
-class Control:
-    def heartbeat(self) -> bool:
-        return True
-
-    def cancel_requested(self) -> bool:
-        return False
-
-    def should_stop(self) -> bool:
-        return False
 
 
 def spec(n_trials: int, parallelism: int, backend: str) -> JobSpec:
@@ -54,7 +45,7 @@ def run(backend: Backend, jobs: JobRepository, job_spec: JobSpec) -> float:
     job = jobs.claim("bench", lease_s=3600)
     assert job is not None
     start = time.perf_counter()
-    outcome = backend.run(job, job_spec, Control())
+    outcome = backend.run(job, job_spec, RunToEnd())
     wall = time.perf_counter() - start
     assert outcome.status == JobStatus.SUCCEEDED, outcome.error
     jobs.finish(job.id, "bench", outcome.status, None)

@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from edgetune.api import create_app
 from edgetune.devices import MeasureConfig
-from edgetune.search.backends import Backend, OptunaBackend
+from edgetune.search.backends import Backend, OptunaBackend, RunToEnd
 from edgetune.search.registry import PRUNERS, SAMPLERS
 from edgetune.settings import Settings
 from edgetune.storage import JobRepository, JobStatus, open_database
@@ -57,15 +57,6 @@ def combinations() -> list[tuple[str, str, str, int]]:
 COMBINATIONS = combinations()
 
 
-class Control:
-    def heartbeat(self) -> bool:
-        return True
-
-    def cancel_requested(self) -> bool:
-        return False
-
-    def should_stop(self) -> bool:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +110,7 @@ def run_job(
     jobs: JobRepository = service["jobs"]
     job = jobs.claim("contract", lease_s=600)
     assert job is not None and job.id == job_id
-    outcome = backend_of(service, backend).run(job, _spec(job), Control())
+    outcome = backend_of(service, backend).run(job, _spec(job), RunToEnd())
     assert outcome.status == JobStatus.SUCCEEDED, outcome.error
     jobs.finish(job.id, "contract", outcome.status, outcome.error)
     study = optuna.load_study(study_name=job.study_name, storage=service["db"].url)
@@ -184,7 +175,7 @@ def test_a_ray_job_stops_when_cancelled(service: dict[str, Any]) -> None:
             "budget": {"n_trials": 10_000}}
     assert service["client"].post("/api/v1/jobs", json=spec).status_code == 201
     job = service["jobs"].claim("contract", lease_s=600)
-    control = Control()
+    control = RunToEnd()
     cancel = threading.Event()
     control.cancel_requested = cancel.is_set  # type: ignore[method-assign]
     threading.Timer(4.0, cancel.set).start()

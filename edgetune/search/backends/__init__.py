@@ -18,4 +18,18 @@ class Backend(Protocol):
     def run(self, job: Job, spec: JobSpec, control: JobControl) -> JobOutcome: ...
 
 
-__all__ = ["Backend", "JobControl", "JobOutcome", "OptunaBackend"]
+class RunToEnd:
+    """A `JobControl` for running a job in a script or a test, outside any worker: the job is
+    never taken over, cancelled or stopped."""
+
+    def heartbeat(self) -> bool:
+        return True
+
+    def cancel_requested(self) -> bool:
+        return False
+
+    def should_stop(self) -> bool:
+        return False
+
+
+__all__ = ["Backend", "JobControl", "JobOutcome", "OptunaBackend", "RunToEnd"]
