@@ -3,27 +3,38 @@
 from __future__ import annotations
 
 from edgetune.storage.db import Database, make_engine
+from edgetune.storage.devices import DeviceRepository, is_online
 from edgetune.storage.jobs import DEFAULT_TENANT, JobRepository, utcnow
-from edgetune.storage.models import Job, JobStatus, Runner
+from edgetune.storage.models import Device, Job, JobStatus, Probe, ProbeStatus, Runner
 from edgetune.storage.optuna_storage import (
     JOB_ID_ATTR,
     create_job_study,
     optuna_storage,
     upgrade_optuna_tables,
 )
+from edgetune.storage.probes import MAX_ATTEMPTS, ProbeRepository, checked_result, probe_cache_key
 
 __all__ = [
     "DEFAULT_TENANT",
     "JOB_ID_ATTR",
+    "MAX_ATTEMPTS",
     "Database",
+    "Device",
+    "DeviceRepository",
     "Job",
     "JobRepository",
     "JobStatus",
+    "Probe",
+    "ProbeRepository",
+    "ProbeStatus",
     "Runner",
+    "checked_result",
     "create_job_study",
+    "is_online",
     "make_engine",
     "open_database",
     "optuna_storage",
+    "probe_cache_key",
     "utcnow",
 ]
 

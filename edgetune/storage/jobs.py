@@ -6,15 +6,16 @@ import uuid
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import case, func, or_, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Select, case, func, or_, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from edgetune.errors import ConflictError, NotFoundError, StorageError
 from edgetune.spec import JobSpec
 from edgetune.storage.db import Database
-from edgetune.storage.models import Job, JobStatus, Runner
+from edgetune.storage.models import Base, Job, JobStatus, Runner
 from edgetune.storage.optuna_storage import create_job_study
 
 DEFAULT_TENANT = "default"
@@ -24,12 +25,45 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-
-class JobRepository:
-    """Every read and write of `edgetune_jobs`. Driver errors surface as `StorageError`."""
+class Repository:
+    """Base of the repositories: one database, and transactions whose driver errors come out
+    once, as `StorageError`."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
+
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        """A transaction whose driver errors come out once, as `StorageError`."""
+        try:
+            with self.db.session() as session:
+                yield session
+        except SQLAlchemyError as e:
+            raise StorageError(f"database error: {e}") from e
+
+    def _page(self, query: Select[Any], offset: int, limit: int) -> tuple[list[Any], int]:
+        """The rows of the ordered `query` from `offset` on (at most `limit`), and how many rows
+        it has in all."""
+        counted = query.order_by(None).subquery()
+        with self._session() as session:
+            count = session.scalar(select(func.count()).select_from(counted)) or 0
+            return list(session.scalars(query.offset(offset).limit(limit)).all()), count
+
+    def _insert_unless_taken(self, row: Base) -> bool:
+        """Insert `row` in a transaction of its own: False when a constraint refused it, as when
+        a racing request inserted its twin first (the caller reads that one back)."""
+        try:
+            with self._session() as session:
+                session.add(row)
+        except StorageError as e:
+            if isinstance(e.__cause__, IntegrityError):
+                return False
+            raise
+        return True
+
+
+class JobRepository(Repository):
+    """Every read and write of `edgetune_jobs`. Driver errors surface as `StorageError`."""
 
     def create(self, spec: JobSpec, *, tenant: str = DEFAULT_TENANT) -> Job:
         job_id = str(uuid.uuid4())
@@ -77,12 +111,7 @@ class JobRepository:
             query = query.where(Job.tenant == tenant)
         if status is not None:
             query = query.where(Job.status == status)
-        with self._session() as session:
-            count = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-            rows = session.scalars(
-                query.order_by(Job.created_at.desc(), Job.id).offset(offset).limit(limit)
-            ).all()
-            return list(rows), count
+        return self._page(query.order_by(Job.created_at.desc(), Job.id), offset, limit)
 
     def request_cancel(self, job_id: str, *, tenant: str | None = None) -> Job:
         """Cancel a queued job at once; ask the worker running a running job to stop it.
@@ -205,13 +234,3 @@ class JobRepository:
                 .values(status=JobStatus.QUEUED.value, lease_owner=None, lease_expires_at=None)
                 .execution_options(synchronize_session=False)
             )
-
-    # --- internals -------------------------------------------------------------------------
-    @contextmanager
-    def _session(self) -> Iterator[Session]:
-        """A transaction whose driver errors come out once, as `StorageError`."""
-        try:
-            with self.db.session() as session:
-                yield session
-        except SQLAlchemyError as e:
-            raise StorageError(f"database error: {e}") from e

@@ -7,6 +7,7 @@ the script refuses to overwrite a frozen file unless `--force` (for a revision n
 
 test_migrations.py reads back what this script writes, from every frozen file, old and new:
 keep writing the same jobs and trials; add new data beside them, never change or drop any.
+From schema 0003 on it also writes a device and its probes, one in each state.
 
 It freezes the schema of the edgetune it imports. To freeze a released revision while the
 working tree already holds a newer one, run it with that release's code first on the path:
@@ -30,7 +31,14 @@ from edgetune.search.backends.optuna import load_job_study
 from edgetune.search.space import suggest
 from edgetune.spaces import resolve_space
 from edgetune.spec import JobSpec
-from edgetune.storage import Job, JobRepository, JobStatus, open_database, optuna_storage
+from edgetune.storage import (
+    Database,
+    Job,
+    JobRepository,
+    JobStatus,
+    open_database,
+    optuna_storage,
+)
 from edgetune.storage.migrations import current_revision, head_revision
 
 HERE = Path(__file__).parent
@@ -82,6 +90,8 @@ def freeze(path: Path) -> None:
         assert claimed is not None and claimed.id == finished.id
         _run_trials(db.url, finished)
         jobs.finish(finished.id, "freeze-worker", JobStatus.SUCCEEDED)
+        if int(head_revision()) >= 3:  # devices and probes exist from schema 0003 on
+            _fill_probe_queue(db)
         assert current_revision(db.engine) == head_revision()
     finally:
         optuna_storage(db.url).engine.dispose()
@@ -139,6 +149,33 @@ def _run_trials(url: str, job: Job) -> None:
     failed = ask(3, 48, 5, 0.03)
     failed.set_user_attr("error", "the trial's process was killed by SIGKILL before reporting")
     study.tell(failed, state=TrialState.FAIL)
+
+
+def _fill_probe_queue(db: Database) -> None:
+    """A registered device and a probe in each state: done (with what an agent reports), failed
+    (with its reason), leased to an agent, pending. Imported here: older releases lack them."""
+    from edgetune.storage import DeviceRepository, ProbeRepository
+
+    device = DeviceRepository(db).register(
+        "pixel-7", runtimes=["onnxruntime", "torchscript"], threads=4,
+        hardware={"cpu": "Google Tensor G2", "cores": 8, "memory_bytes": 8 << 30,
+                  "accelerator": None, "versions": {"onnxruntime": "1.20.0"}},
+    )
+    probes = ProbeRepository(db)
+    config = {"runtime": "onnxruntime", "input_shape": [1, 8, 8], "batch_size": 1, "threads": 4,
+              "warmup": 10, "min_repeats": 50, "min_time_s": 0.5}
+    done, failed, leased, pending = (
+        probes.request(device.id, artifact_sha256=f"{i:064x}", **config) for i in range(1, 5)
+    )
+    for probe in (done, failed, leased):  # leased oldest first
+        taken = probes.lease(device.id, "freeze-agent", lease_s=3600)
+        assert taken is not None and taken.id == probe.id
+    probes.complete(done.id, "freeze-agent", {
+        "p50_ms": 1.25, "p90_ms": 1.5, "mean_ms": 1.3, "std_ms": 0.1, "n": 200,
+        "threads": 4, "runtime_version": "1.20.0",
+    })
+    probes.fail(failed.id, "freeze-agent", "onnxruntime could not load the model: INVALID_GRAPH")
+    assert probes.get(pending.id).status == "pending"
 
 
 def main(argv: list[str] | None = None) -> int:
