@@ -200,6 +200,40 @@ def dashboard(
     os.execv(script, [script, url, "--host", host, "--port", str(port)])
 
 
+@app.command()
+def agent(
+    name: Annotated[str, typer.Option(help="The device's name; an existing one is re-attached.")],
+    server: ServerOpt = DEFAULT_SERVER,
+    token: Annotated[str | None, typer.Option(
+        envvar="EDGETUNE_TOKEN", help="API token, sent as a Bearer header.")] = None,
+    runtime: Annotated[list[str] | None, typer.Option(
+        help="A runtime this device measures with (repeat for several).")] = None,
+    threads: Annotated[int, typer.Option(min=1, help="Threads a measurement uses.")] = 1,
+    heartbeat_s: Annotated[float, typer.Option(
+        min=0.05, help="Seconds between heartbeats.")] = 5.0,
+    poll_s: Annotated[float, typer.Option(
+        min=0, max=30, help="How long one request waits for a probe.")] = 10.0,
+    log_level: Annotated[str, typer.Option(help="Logging level.")] = "info",
+) -> None:
+    """Run a device agent: register this machine, heartbeat, measure its latency probes."""
+    from edgetune.devices import Agent
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        runner = Agent(server, name=name, token=token, runtimes=runtime or ["onnxruntime"],
+                       threads=threads, heartbeat_s=heartbeat_s, poll_s=poll_s)
+    except ValueError as e:
+        _fail(str(e))
+    runner.install_signal_handlers()
+    try:
+        runner.run()
+    except Exception as e:
+        _fail(f"the agent stopped: {e}")
+
+
 # --- using it --------------------------------------------------------------------------------
 def load_spec_file(path: Path) -> JobSpec:
     """Read a JobSpec from YAML or JSON (safe loading only) and validate it."""

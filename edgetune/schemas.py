@@ -178,6 +178,127 @@ class HypervolumePublic(BaseModel):
     data: list[HypervolumePoint] = Field(description="In the order trials completed.")
 
 
+# --- devices and probes --------------------------------------------------------------------
+DeviceStatusName = Literal["online", "offline"]
+ProbeStatusName = Literal["pending", "leased", "done", "failed"]
+AgentId = Annotated[str, Field(min_length=1, max_length=128, description="Who measures: the "
+                               "agent's own id, the same for all its calls.")]
+
+
+class DeviceCreate(BaseModel):
+    """What an agent registers (or re-attaches to, by name) for its device."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=128)
+    runtimes: list[str] = Field(
+        default_factory=lambda: ["onnxruntime"], min_length=1, max_length=16,
+        description="The runtimes the agent measures with, in its order of preference.",
+    )
+    hardware: dict[str, Any] = Field(
+        default_factory=dict, description="What the agent found: CPU model, cores, memory, "
+        "accelerator, library versions.",
+    )
+    threads: int = Field(default=1, ge=1, le=1024, description="Threads a measurement uses.")
+
+
+class DevicePublic(BaseModel):
+    id: str
+    name: str
+    runtimes: list[str]
+    hardware: dict[str, Any]
+    threads: int
+    status: DeviceStatusName = Field(
+        description="online while its agent heartbeats (within `device_offline_after_s`)."
+    )
+    last_heartbeat: datetime | None = None
+    created_at: datetime
+
+
+class DevicesPublic(BaseModel):
+    data: list[DevicePublic]
+    count: int
+
+
+class ProbeResult(BaseModel):
+    """A measurement, in milliseconds per inference of one batch; agents may add fields."""
+
+    model_config = ConfigDict(extra="allow")
+
+    p50_ms: float
+    p90_ms: float
+    mean_ms: float
+    std_ms: float
+    n: int = Field(description="Timed runs.")
+    threads: int | None = Field(default=None, description="Threads the measurement used.")
+
+
+class ProbeCreate(BaseModel):
+    """The measurement an ad-hoc probe asks for; the model itself is the request body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    device: str = Field(min_length=1, max_length=128, description="The device's name or id.")
+    runtime: str = "onnxruntime"
+    input_shape: list[int] = Field(
+        min_length=1, max_length=16,
+        description="One input's shape without the batch dimension, e.g. [3, 224, 224].",
+    )
+    batch_size: int = Field(default=1, ge=1, le=65_536)
+    threads: int | None = Field(default=None, ge=1, le=1024,
+                                description="Default: the device's thread count.")
+    warmup: int | None = Field(default=None, ge=0, le=10_000)
+    min_repeats: int | None = Field(default=None, ge=1, le=1_000_000)
+    min_time_s: float | None = Field(default=None, ge=0, le=600)
+
+
+class ProbePublic(BaseModel):
+    id: str
+    device_id: str
+    artifact_sha256: str
+    runtime: str
+    input_shape: list[int] = Field(description="Without the batch dimension.")
+    batch_size: int
+    threads: int
+    warmup: int
+    min_repeats: int
+    min_time_s: float
+    status: ProbeStatusName
+    attempts: int = Field(description="Leases handed out so far.")
+    lease_owner: str | None = Field(default=None, description="Of a done probe: who measured.")
+    lease_expires_at: datetime | None = None
+    result: ProbeResult | None = None
+    error: str | None = None
+    created_at: datetime
+    finished_at: datetime | None = None
+
+
+class ProbesPublic(BaseModel):
+    data: list[ProbePublic]
+    count: int
+
+
+class ProbeLease(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    agent: AgentId
+
+
+class ProbeComplete(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    agent: AgentId
+    result: dict[str, Any] = Field(description="p50_ms, p90_ms, mean_ms, std_ms (finite, "
+                                   ">= 0) and n; anything else the agent adds is kept.")
+
+
+class ProbeFail(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    agent: AgentId
+    reason: str = Field(min_length=1, max_length=4000)
+
+
 class HealthPublic(BaseModel):
     status: Literal["ok"]
     version: str

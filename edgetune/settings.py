@@ -41,6 +41,19 @@ class Settings(BaseSettings):
     latency_min_repeats: int = Field(default=30, ge=1, le=1_000_000)
     latency_min_time_s: float = Field(default=0.2, ge=0, le=600)
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    max_upload_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024,
+        description="The largest model `POST /api/v1/probes` accepts; every other request "
+                    "body stays under `max_body_bytes`.",
+    )
+    device_offline_after_s: float = Field(
+        default=30.0, gt=0, le=86_400,
+        description="A device without a heartbeat for this long shows offline.",
+    )
+    probe_lease_s: float = Field(
+        default=60.0, gt=0, le=86_400,
+        description="How long an agent holds a probe before another agent may take it over.",
+    )
     worker_trials: int | None = Field(
         default=None, ge=1, le=1024,
         description="The most trials one worker runs at once (its share of its machine); "

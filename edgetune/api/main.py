@@ -11,7 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edgetune import __version__
 from edgetune.api.errors import install_error_handlers
-from edgetune.api.routes import artifacts, ask_tell, health, jobs
+from edgetune.api.routes import artifacts, ask_tell, devices, health, jobs, probes
 from edgetune.search.ask_tell import AskTellStudies
 from edgetune.search.front import FrontView
 from edgetune.settings import Settings
@@ -42,13 +42,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
 
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # Uploaded models are larger than any JSON body: only their route takes more.
+    app.add_middleware(
+        BodySizeLimit, max_bytes=settings.max_body_bytes,
+        larger={("POST", API_PREFIX + probes.UPLOAD_PATH): settings.max_upload_bytes},
+    )
 
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(health.router)
     api.include_router(jobs.router)
     api.include_router(ask_tell.router)
     api.include_router(artifacts.router)
+    api.include_router(devices.router)
+    api.include_router(probes.router)
     app.include_router(api)
     return app
 
@@ -59,19 +65,24 @@ class _TooLarge(Exception):
 
 class BodySizeLimit:
     """Answers 413 for a body over `max_bytes`: at once from a declared Content-Length, or as
-    soon as a chunked body passes the limit, before the rest is read."""
+    soon as a chunked body passes the limit, before the rest is read. `larger` names the
+    (method, path) pairs that may send more, and how much."""
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_bytes: int, larger: dict[tuple[str, str], int] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.larger = dict(larger or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.larger.get((scope["method"], scope["path"].rstrip("/")), self.max_bytes)
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            await self._refuse(scope, receive, send)
+        if length is not None and (not length.isdigit() or int(length) > max_bytes):
+            await self._refuse(scope, receive, send, max_bytes)
             return
         received = 0
         too_large = refused = False
@@ -81,7 +92,7 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     too_large = True
                     raise _TooLarge
             return message
@@ -93,16 +104,16 @@ class BodySizeLimit:
             elif not refused:
                 # FastAPI turns the reader's error into its own 400; answer 413 instead.
                 refused = True
-                await self._refuse(scope, receive, send)
+                await self._refuse(scope, receive, send, max_bytes)
 
         try:
             await self.app(scope, limited_receive, guarded_send)
         except _TooLarge:
             if not refused:
-                await self._refuse(scope, receive, send)
+                await self._refuse(scope, receive, send, max_bytes)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, max_bytes: int) -> None:
         response = JSONResponse(
-            status_code=413, content={"detail": f"request body over {self.max_bytes} bytes"}
+            status_code=413, content={"detail": f"request body over {max_bytes} bytes"}
         )
         await response(scope, receive, send)

@@ -18,11 +18,15 @@ import httpx
 from edgetune.errors import ConflictError, EdgetuneError, InvalidSpecError, NotFoundError
 from edgetune.schemas import (
     AskedTrialPublic,
+    DevicePublic,
+    DevicesPublic,
     HealthPublic,
     HypervolumePublic,
     JobPublic,
     JobsPublic,
     ParetoPublic,
+    ProbePublic,
+    ProbesPublic,
     ReportPublic,
     TrialPublic,
     TrialsPublic,
@@ -235,6 +239,79 @@ class Client:
             else:
                 t.result = self.tell(job_id, t.number, state="failed",
                                      error="the client's block ended without telling a result")
+
+    # --- devices and latency probes ---------------------------------------------------------
+    def register_device(
+        self, name: str, *, runtimes: Sequence[str] = ("onnxruntime",),
+        hardware: Mapping[str, Any] | None = None, threads: int = 1,
+    ) -> DevicePublic:
+        """Register the device `name`, or re-attach to it (what an agent does on start)."""
+        body = {"name": name, "runtimes": list(runtimes), "hardware": dict(hardware or {}),
+                "threads": threads}
+        return DevicePublic.model_validate(self._request("POST", "/devices", json=body))
+
+    def devices(self, *, offset: int = 0, limit: int = 50) -> DevicesPublic:
+        return DevicesPublic.model_validate(
+            self._request("GET", "/devices", params={"offset": offset, "limit": limit})
+        )
+
+    def device(self, device_id: str) -> DevicePublic:
+        return DevicePublic.model_validate(self._request("GET", f"/devices/{device_id}"))
+
+    def delete_device(self, device_id: str) -> None:
+        """Forget the device and its probes."""
+        response = self._http.delete(f"/devices/{device_id}")
+        if not response.is_success:
+            self._raise(response)
+
+    def probe(
+        self, model: str | Path, *, device: str, input_shape: Sequence[int],
+        runtime: str = "onnxruntime", batch_size: int = 1, threads: int | None = None,
+        warmup: int | None = None, min_repeats: int | None = None,
+        min_time_s: float | None = None,
+    ) -> ProbePublic:
+        """Measure the model file at `model` on `device` (a name or an id): the queued probe,
+        or a done one from the cache. `input_shape` leaves out the batch dimension; unset
+        measurement settings take the device's threads and the server's defaults."""
+        params: dict[str, Any] = {"device": device, "runtime": runtime,
+                                  "input_shape": [int(d) for d in input_shape],
+                                  "batch_size": batch_size}
+        for key, value in (("threads", threads), ("warmup", warmup),
+                           ("min_repeats", min_repeats), ("min_time_s", min_time_s)):
+            if value is not None:
+                params[key] = value
+        with Path(model).open("rb") as f:
+            return ProbePublic.model_validate(self._request(
+                "POST", "/probes", params=params, content=f,
+                headers={"Content-Type": "application/octet-stream"},
+            ))
+
+    def get_probe(self, probe_id: str) -> ProbePublic:
+        return ProbePublic.model_validate(self._request("GET", f"/probes/{probe_id}"))
+
+    def probes(
+        self, *, device: str | None = None, status: str | None = None, offset: int = 0,
+        limit: int = 50,
+    ) -> ProbesPublic:
+        params: dict[str, Any] = {"offset": offset, "limit": limit}
+        if device:
+            params["device"] = device
+        if status:
+            params["status"] = status
+        return ProbesPublic.model_validate(self._request("GET", "/probes", params=params))
+
+    def wait_probe(
+        self, probe_id: str, *, timeout: float | None = None, poll_interval: float = 0.5
+    ) -> ProbePublic:
+        """Poll until the probe is done or failed; `TimeoutError` after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            probe = self.get_probe(probe_id)
+            if probe.status in ("done", "failed"):
+                return probe
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"probe {probe_id} still {probe.status} after {timeout} s")
+            time.sleep(poll_interval)
 
     # --- transport -------------------------------------------------------------------------
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:

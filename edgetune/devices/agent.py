@@ -1,0 +1,309 @@
+"""The device agent: registers this machine with a server, heartbeats, and measures the latency
+probes queued for it (`edgetune agent`)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import platform
+import signal
+import socket
+import tempfile
+import threading
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import httpx
+
+from edgetune.devices.latency import MeasureConfig, measure_latency
+from edgetune.devices.runtimes import RUNTIMES
+
+__all__ = ["Agent", "describe_hardware"]
+
+logger = logging.getLogger(__name__)
+
+#: Libraries whose versions decide a measurement, reported with the hardware.
+_LIBRARIES = ("onnxruntime", "torch", "numpy")
+_CHUNK = 1 << 16
+
+
+class Agent:
+    """One device's agent. `run()` registers (or re-attaches to) the device `name`, starts a
+    heartbeat thread, then leases probes and measures them one at a time until `stop()` (or
+    SIGTERM/SIGINT after `install_signal_handlers()`).
+
+    Every probe ends reported: done with its statistics, or failed with the reason (a download
+    that is too large or whose sha256 is wrong, a model the runtime cannot load or run). Only
+    an agent that dies leaves its probe to the lease's expiry.
+    """
+
+    def __init__(
+        self,
+        server: str,
+        *,
+        name: str,
+        token: str | None = None,
+        runtimes: Sequence[str] = ("onnxruntime",),
+        threads: int = 1,
+        heartbeat_s: float = 5.0,
+        poll_s: float = 10.0,
+        max_artifact_bytes: int = 1 << 30,
+        timeout_s: float = 30.0,
+    ) -> None:
+        if not runtimes:
+            raise ValueError("The value of `runtimes` is empty, but must name a runtime.")
+        for runtime in runtimes:
+            if runtime not in RUNTIMES:
+                raise ValueError(f"The value of `runtime` is {runtime!r}, but must be one of "
+                                 f"{', '.join(map(repr, RUNTIMES))}.")
+        if threads < 1:
+            raise ValueError(f"The value of `threads` is {threads}, but must be >= 1.")
+        if not heartbeat_s > 0:
+            raise ValueError(f"The value of `heartbeat_s` is {heartbeat_s}, but must be > 0.")
+        if not 0 <= poll_s <= 30:
+            raise ValueError(f"The value of `poll_s` is {poll_s}, but must be in [0, 30].")
+        if max_artifact_bytes < 1:
+            raise ValueError(f"The value of `max_artifact_bytes` is {max_artifact_bytes}, but "
+                             "must be >= 1.")
+        self.name = name
+        self.runtimes = list(runtimes)
+        self.threads = threads
+        self.heartbeat_s = heartbeat_s
+        self.poll_s = poll_s
+        self.max_artifact_bytes = max_artifact_bytes
+        #: Who this agent is to the probe queue: leases and reports carry it.
+        self.agent_id = f"{socket.gethostname()[:60]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.device_id: str | None = None
+        self.stopping = threading.Event()
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        base_url = server.rstrip("/") + "/api/v1"
+        # The long poll holds a request open for up to `poll_s`.
+        timeout = httpx.Timeout(timeout_s, read=timeout_s + poll_s)
+        self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
+        # A client of its own: the heartbeat thread never waits behind a long poll.
+        self._heartbeat_http = httpx.Client(base_url=base_url, headers=headers,
+                                            timeout=timeout_s)
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        def stop(signum: int, _frame: FrameType | None) -> None:
+            logger.info("agent %s: %s received, stopping", self.agent_id,
+                        signal.Signals(signum).name)
+            self.stop()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+    def stop(self) -> None:
+        """Stop after the request or measurement under way."""
+        self.stopping.set()
+
+    def run(self) -> None:
+        """Register, then measure probes until stopped."""
+        self.register()
+        beat = threading.Thread(target=self._heartbeat_loop, name="agent-heartbeat", daemon=True)
+        beat.start()
+        try:
+            while not self.stopping.is_set():
+                try:
+                    probe = self.lease()
+                except httpx.HTTPError as e:
+                    logger.warning("agent %s: leasing failed (%s); retrying", self.agent_id, e)
+                    self.stopping.wait(min(5.0, self.heartbeat_s))
+                    continue
+                if probe is not None:
+                    self.measure(probe)
+        finally:
+            self.stopping.set()
+            beat.join(timeout=self.heartbeat_s + 5)
+            self._http.close()
+            self._heartbeat_http.close()
+        logger.info("agent %s: stopped", self.agent_id)
+
+    def register(self) -> str:
+        """Register this machine as the device `name` (re-attaching when it exists)."""
+        response = self._http.post("/devices", json={
+            "name": self.name, "runtimes": self.runtimes, "hardware": describe_hardware(),
+            "threads": self.threads,
+        })
+        _check(response)
+        self.device_id = str(response.json()["id"])
+        logger.info("agent %s: %s device %r (%s)", self.agent_id,
+                    "registered" if response.status_code == 201 else "re-attached to",
+                    self.name, self.device_id)
+        return self.device_id
+
+    # --- probes ----------------------------------------------------------------------------
+    def lease(self) -> dict[str, Any] | None:
+        """The next probe for this device, waiting up to `poll_s` for one; None if none came."""
+        response = self._http.post(f"/devices/{self.device_id}/probes:lease",
+                                   params={"wait_s": self.poll_s}, json={"agent": self.agent_id})
+        if response.status_code == 204:
+            return None
+        _check(response)
+        probe: dict[str, Any] = response.json()
+        return probe
+
+    def measure(self, probe: dict[str, Any]) -> None:
+        """Download, verify and measure one leased probe, and report the result or failure."""
+        probe_id = probe["id"]
+        sha256 = probe["artifact_sha256"]
+        logger.info("agent %s: measuring probe %s (artifact %s)", self.agent_id, probe_id,
+                    sha256[:12])
+        try:
+            result = self._measure(probe)
+        except Exception as e:  # whatever it was, the trial waiting on the probe must learn it
+            reason = f"could not measure the model {sha256[:12]}: {e}"
+            logger.warning("agent %s: probe %s failed: %s", self.agent_id, probe_id, reason)
+            self._report(f"/probes/{probe_id}:fail", {"agent": self.agent_id, "reason": reason})
+            return
+        self._report(f"/probes/{probe_id}:complete", {"agent": self.agent_id, "result": result})
+        logger.info("agent %s: measured probe %s: p50 %.3f ms over %d runs", self.agent_id,
+                    probe_id, result["p50_ms"], result["n"])
+
+    def _measure(self, probe: dict[str, Any]) -> dict[str, Any]:
+        runtime = probe["runtime"]
+        if runtime not in self.runtimes:
+            raise ValueError(f"this agent offers runtimes {self.runtimes}, not {runtime!r}")
+        min_time_s = float(probe["min_time_s"])
+        config = MeasureConfig(
+            threads=int(probe["threads"]), warmup=int(probe["warmup"]),
+            min_repeats=int(probe["min_repeats"]), min_time_s=min_time_s,
+            # A slow model stops at this bound with fewer repeats, rather than holding its
+            # lease on and on.
+            max_time_s=max(10.0, 2 * min_time_s),
+        )
+        shape = [int(probe["batch_size"]), *(int(d) for d in probe["input_shape"])]
+        with tempfile.TemporaryDirectory(prefix="edgetune-agent-") as tmp:
+            path = self.download(probe["artifact_sha256"], Path(tmp))
+            measured = measure_latency(path, runtime=runtime, input_shape=shape, config=config)
+        return {**measured.as_dict(), "agent": self.agent_id}
+
+    def download(self, sha256: str, directory: Path) -> Path:
+        """Fetch the artifact into `directory`, refusing more than `max_artifact_bytes` and any
+        content whose sha256 is not `sha256`; nothing unverified is left behind."""
+        path = directory / f"{sha256}.model"
+        part = directory / f"{sha256}.part"
+        digest = hashlib.sha256()
+        size = 0
+        with self._http.stream("GET", f"/artifacts/{sha256}") as response:
+            if not response.is_success:
+                response.read()
+                raise RuntimeError(f"downloading artifact {sha256[:12]} answered HTTP "
+                                   f"{response.status_code}: {response.text[:200]}")
+            with part.open("wb") as out:
+                for chunk in response.iter_bytes(_CHUNK):
+                    size += len(chunk)
+                    if size > self.max_artifact_bytes:
+                        part.unlink()
+                        raise RuntimeError(f"the artifact is over {self.max_artifact_bytes:,} "
+                                           "bytes, this agent's cap")
+                    digest.update(chunk)
+                    out.write(chunk)
+        if digest.hexdigest() != sha256:
+            part.unlink()
+            raise RuntimeError(f"artifact sha256 mismatch: downloaded {digest.hexdigest()}, "
+                               f"expected {sha256}")
+        part.replace(path)
+        return path
+
+    def _report(self, path: str, body: dict[str, Any]) -> None:
+        # Reports are idempotent on the server: retry the POST a few times on transport errors.
+        for attempt in range(3):
+            try:
+                response = self._http.post(path, json=body)
+            except httpx.HTTPError as e:
+                logger.warning("agent %s: %s failed (%s), attempt %d", self.agent_id, path, e,
+                               attempt + 1)
+                self.stopping.wait(1.0)
+                continue
+            if not response.is_success:
+                logger.error("agent %s: %s answered HTTP %d: %s", self.agent_id, path,
+                             response.status_code, response.text[:500])
+            return
+
+    def _heartbeat_loop(self) -> None:
+        while not self.stopping.wait(self.heartbeat_s):
+            try:
+                response = self._heartbeat_http.post(f"/devices/{self.device_id}/heartbeat")
+                if response.status_code == 404:
+                    logger.warning("agent %s: device %s was deleted; registering again",
+                                   self.agent_id, self.device_id)
+                    self.device_id = self._register_again()
+                elif not response.is_success:
+                    logger.warning("agent %s: heartbeat answered HTTP %d", self.agent_id,
+                                   response.status_code)
+            except httpx.HTTPError as e:
+                logger.warning("agent %s: heartbeat failed: %s", self.agent_id, e)
+
+    def _register_again(self) -> str | None:
+        response = self._heartbeat_http.post("/devices", json={
+            "name": self.name, "runtimes": self.runtimes, "hardware": describe_hardware(),
+            "threads": self.threads,
+        })
+        _check(response)
+        return str(response.json()["id"])
+
+
+def describe_hardware() -> dict[str, Any]:
+    """What this machine is: CPU model, cores, memory, accelerator, library versions."""
+    hardware: dict[str, Any] = {
+        "cpu": _cpu_model(),
+        "machine": platform.machine(),
+        "cores": os.cpu_count(),
+        "memory_bytes": _memory_bytes(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "libraries": {},
+        "accelerator": _accelerator(),
+    }
+    for library in _LIBRARIES:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            hardware["libraries"][library] = importlib.metadata.version(library)
+    return hardware
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Hardware", "Model") and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _accelerator() -> dict[str, Any] | None:
+    if importlib.util.find_spec("torch") is None:
+        return None
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        return {"kind": "cuda", "name": torch.cuda.get_device_name(0),
+                "count": torch.cuda.device_count(), "cuda": torch.version.cuda}
+    except Exception:  # a broken driver must not stop the agent from measuring on the CPU
+        logger.exception("could not query CUDA")
+        return None
+
+
+def _check(response: httpx.Response) -> None:
+    if not response.is_success:
+        raise RuntimeError(f"{response.request.method} {response.request.url} answered HTTP "
+                           f"{response.status_code}: {response.text[:500]}")
