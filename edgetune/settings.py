@@ -59,6 +59,11 @@ class Settings(BaseSettings):
         description="The most trials one worker runs at once (its share of its machine); "
                     "unset: as many as a job's parallelism. Workers share a job's parallelism.",
     )
+    probe_timeout_s: float = Field(
+        default=600.0, gt=0, le=86_400,
+        description="How long a trial waits for a registered device to measure its model "
+                    "before it fails with the reason.",
+    )
     ray_address: str | None = Field(
         default=None,
         description="Ray cluster for jobs on the ray backend: `host:6379` (its GCS; this "

@@ -50,6 +50,7 @@ class TrialTask:
     artifact_dir: str
     report_to_pruner: bool
     latency: MeasureConfig
+    probe_timeout_s: float = 600.0  # how long a registered device may take to measure
 
 
 def run_trial_process(task: TrialTask, conn: Any) -> None:
@@ -75,17 +76,19 @@ def _run(task: TrialTask) -> dict[str, Any]:
     report = _reporter(task, spec)
     return train_and_measure(
         spec, task.params, artifact_dir=Path(task.artifact_dir), study_name=task.study_name,
-        latency=task.latency, report=report,
+        latency=task.latency, report=report, storage_url=task.storage_url,
+        probe_timeout_s=task.probe_timeout_s,
     )
 
 
 def train_and_measure(
     spec: JobSpec, params: dict[str, ParamValue], *, artifact_dir: Path, study_name: str,
-    latency: MeasureConfig, report: Report, checkpoint_dir: Path | None = None,
+    latency: MeasureConfig, report: Report, storage_url: str, probe_timeout_s: float,
+    checkpoint_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Train one candidate, export it and measure it on the job's devices; any backend's
     trial runs this. Returns the result a backend tells the study (state, metrics, attrs)."""
-    from edgetune.devices import measure_latency
+    from edgetune.search.device_latency import LatencyUnavailable, measure_on_devices
     from edgetune.trainers import get_trainer_class
 
     trainer_spec = spec.trainer.model_copy(
@@ -114,14 +117,16 @@ def train_and_measure(
     artifact, metrics, attrs = export_fit(fit, artifact_dir)
     if history:
         attrs["val_accuracy_history"] = history
-    for device in spec.devices:
-        # Only the built-in `local` device exists so far; it measures in this process.
-        measured = measure_latency(
-            artifact.path, runtime=artifact.runtime, input_shape=tuple(fit.example_input.shape),
-            config=latency,
+    try:
+        measured = measure_on_devices(
+            spec.devices, artifact, tuple(fit.example_input.shape), latency=latency,
+            storage_url=storage_url, timeout_s=probe_timeout_s,
         )
-        metrics[f"latency_ms@{device}"] = measured.p50_ms
-        attrs[f"latency@{device}"] = measured.as_dict()
+    except LatencyUnavailable as e:
+        raise TrialFailed(str(e)) from e
+    for device, result in measured.items():
+        metrics[f"latency_ms@{device}"] = float(result["p50_ms"])
+        attrs[f"latency@{device}"] = result
     return {"state": "complete", "metrics": metrics, "user_attrs": attrs}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Collection
 
 from edgetune.errors import InvalidSpecError
 from edgetune.search.registry import OPTIONS, PRUNERS, SAMPLERS, pbt_mutable, progress_metric
@@ -11,11 +12,10 @@ from edgetune.spaces import Param, resolve_space
 from edgetune.spec import LOCAL_DEVICE, JobSpec
 from edgetune.trainers import Trainer, get_trainer_class
 
-KNOWN_DEVICES = (LOCAL_DEVICE,)
 
-
-def validate_job_spec(spec: JobSpec) -> None:
-    """Raise `InvalidSpecError` (field, rule) for a spec that pydantic accepts but cannot run."""
+def validate_job_spec(spec: JobSpec, *, devices: Collection[str] = (LOCAL_DEVICE,)) -> None:
+    """Raise `InvalidSpecError` (field, rule) for a spec that pydantic accepts but cannot run.
+    `devices`: the names of the devices the job may measure on (`local` and those registered)."""
     if spec.mode == "ask-tell":
         _check_ask_tell(spec)
         return
@@ -52,10 +52,10 @@ def validate_job_spec(spec: JobSpec) -> None:
     named = [(f"objectives.{i}.device", o.device) for i, o in enumerate(spec.objectives)]
     named += [(f"constraints.{i}.device", c.device) for i, c in enumerate(spec.constraints)]
     for field, device in named:
-        if device is not None and device not in KNOWN_DEVICES:
+        if device is not None and device not in devices:
             raise InvalidSpecError(
                 field,
-                f"unknown device {device!r}; registered devices: {', '.join(KNOWN_DEVICES)}",
+                f"unknown device {device!r}; registered devices: {', '.join(sorted(devices))}",
             )
 
 

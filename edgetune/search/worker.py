@@ -72,6 +72,7 @@ class Worker:
             poll_interval_s=min(0.5, settings.poll_interval_s),
             heartbeat_interval_s=settings.job_lease_s / 4,
             max_running=settings.worker_trials,
+            probe_timeout_s=settings.probe_timeout_s,
         )
         self._ray: Backend | None = None
 
@@ -88,6 +89,7 @@ class Worker:
                 latency=self.latency,
                 ray_address=self.settings.ray_address,
                 heartbeat_interval_s=self.settings.job_lease_s / 4,
+                probe_timeout_s=self.settings.probe_timeout_s,
             )
         return self._ray
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
@@ -27,8 +28,8 @@ from edgetune.schemas import (
 from edgetune.search import validate_job_spec
 from edgetune.search.events import KEEPALIVE_S, JobEventStream
 from edgetune.search.front import trial_metrics
-from edgetune.spec import JobSpec
-from edgetune.storage import Database, Job, optuna_storage
+from edgetune.spec import LOCAL_DEVICE, JobSpec
+from edgetune.storage import DEFAULT_TENANT, Database, DeviceRepository, Job, optuna_storage
 from edgetune.storage.artifacts import artifact_path
 from edgetune.storage.trials import trial_state_counts
 
@@ -48,7 +49,7 @@ Limit = Annotated[int, Query(ge=1, le=500)]
 )
 def create_job(spec: JobSpec, jobs: JobsDep, db: DatabaseDep) -> JobPublic:
     """Validate a JobSpec and queue it; a worker picks it up."""
-    validate_job_spec(spec)
+    validate_job_spec(spec, devices=known_devices(db, spec))
     job = jobs.create(spec)
     return _public([job], db)[0]
 
@@ -254,6 +255,15 @@ def _public(rows: Sequence[Job], db: Database) -> list[JobPublic]:
             finished_at=job.finished_at, error=job.error, spec=spec, progress=progress,
         ))
     return out
+
+
+def known_devices(db: Database, spec: JobSpec) -> set[str]:
+    """`local` and those of the spec's devices that are registered."""
+    registered = set()
+    for name in spec.devices:
+        with contextlib.suppress(NotFoundError, ValueError):
+            registered.add(DeviceRepository(db).get_by_name(name, tenant=DEFAULT_TENANT).name)
+    return {LOCAL_DEVICE, *registered}
 
 
 def _study_id(db: Database, job: Job) -> int:

@@ -96,8 +96,10 @@ class OptunaBackend:
         poll_interval_s: float = 0.5,
         heartbeat_interval_s: float = 5.0,
         max_running: int | None = None,
+        probe_timeout_s: float = 600.0,
         context: BaseContext | None = None,
     ) -> None:
+        self.probe_timeout_s = probe_timeout_s
         self.storage_url = storage_url
         self.artifact_dir = artifact_dir
         self.latency = latency
@@ -204,6 +206,7 @@ class OptunaBackend:
             artifact_dir=self.artifact_dir,
             report_to_pruner=report_to_pruner,
             latency=self.latency,
+            probe_timeout_s=self.probe_timeout_s,
         )
         receiver, sender = self.context.Pipe(duplex=False)
         process = self.context.Process(  # type: ignore[attr-defined]

@@ -67,6 +67,8 @@ class RayTrialTask:
     latency: MeasureConfig
     #: Save the trainer's checkpoint with every report (schedulers that pause or clone trials).
     checkpoints: bool
+    storage_url: str
+    probe_timeout_s: float
 
 
 def run_ray_trial(config: dict[str, Any], task: RayTrialTask) -> None:
@@ -108,7 +110,8 @@ def run_ray_trial(config: dict[str, Any], task: RayTrialTask) -> None:
         try:
             result = train_and_measure(
                 spec, params, artifact_dir=Path(task.artifact_dir), study_name=task.study_name,
-                latency=task.latency, report=report,
+                latency=task.latency, report=report, storage_url=task.storage_url,
+                probe_timeout_s=task.probe_timeout_s,
                 checkpoint_dir=checkpoint_dir if task.checkpoints else None,
             )
         except TrialFailed as e:
@@ -134,8 +137,10 @@ class RayBackend:
         ray_address: str | None = None,
         heartbeat_interval_s: float = 5.0,
         reuse_actors: bool = True,
+        probe_timeout_s: float = 600.0,
     ) -> None:
         self.storage_url = storage_url
+        self.probe_timeout_s = probe_timeout_s
         self.artifact_dir = artifact_dir
         self.latency = latency
         self.ray_address = ray_address
@@ -183,6 +188,7 @@ class RayBackend:
             spec_json=spec.model_dump_json(), artifact_dir=self.artifact_dir,
             study_name=job.study_name, latency=self.latency,
             checkpoints=spec.algorithm.pruner in ("hyperband", "pbt"),
+            storage_url=self.storage_url, probe_timeout_s=self.probe_timeout_s,
         )
         search_alg: Searcher | None = StudySearcher(trials)
         param_space: dict[str, Any] = {}
