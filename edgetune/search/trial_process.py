@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 from edgetune.devices import MeasureConfig
 from edgetune.errors import TrialFailed, TrialPruned
 from edgetune.spaces import ParamValue
-from edgetune.spec import JobSpec
+from edgetune.spec import LOCAL_DEVICE, ConstraintSpec, JobSpec
 
 if TYPE_CHECKING:
-    from edgetune.trainers import FitResult, Report
+    from edgetune.trainers import FitResult, Report, Trainer
     from edgetune.trainers.export import Artifact
 
 logger = logging.getLogger(__name__)
@@ -111,6 +111,10 @@ def train_and_measure(
             e.args[0].setdefault("user_attrs", {})["val_accuracy_history"] = list(history)
             raise
 
+    limited = [c for c in spec.constraints if c.metric == "latency_ms"]
+    if limited:
+        _prune_if_too_slow(trainer, params, limited, artifact_dir=artifact_dir, latency=latency,
+                           storage_url=storage_url, probe_timeout_s=probe_timeout_s)
     fit = trainer.fit(params, report=recording, checkpoint_dir=checkpoint_dir)
     if fit.model is None:  # nothing to export: the trainer measured every metric itself
         return {"state": "complete", "metrics": dict(fit.metrics), "user_attrs": {}}
@@ -128,6 +132,43 @@ def train_and_measure(
         metrics[f"latency_ms@{device}"] = float(result["p50_ms"])
         attrs[f"latency@{device}"] = result
     return {"state": "complete", "metrics": metrics, "user_attrs": attrs}
+
+
+def _prune_if_too_slow(
+    trainer: Trainer, params: dict[str, ParamValue], constraints: list[ConstraintSpec], *,
+    artifact_dir: Path, latency: MeasureConfig, storage_url: str, probe_timeout_s: float,
+) -> None:
+    """Measure the untrained candidate on the constrained devices; raise `TrialPruned` before
+    any epoch when it breaks a latency constraint (the trained model has the same shape)."""
+    from edgetune.search.constraints import violations
+    from edgetune.search.device_latency import LatencyUnavailable, measure_on_devices
+
+    candidate = trainer.untrained(params)
+    if candidate is None or candidate.model is None:
+        return
+    artifact, _, _ = export_fit(candidate, artifact_dir)
+    try:
+        measured = measure_on_devices(
+            list(dict.fromkeys(c.device or LOCAL_DEVICE for c in constraints)), artifact,
+            tuple(candidate.example_input.shape), latency=latency, storage_url=storage_url,
+            timeout_s=probe_timeout_s,
+        )
+    except LatencyUnavailable as e:
+        raise TrialFailed(str(e)) from e
+    metrics = {f"latency_ms@{d}": float(r["p50_ms"]) for d, r in measured.items()}
+    broken = [c for c, v in zip(constraints, violations(constraints, metrics), strict=True)
+              if v > 0]
+    if broken:
+        raise TrialPruned({
+            "metrics": metrics,
+            "user_attrs": {
+                "pruned_at_epoch": 0,
+                "pruned_by": "latency measured before training: "
+                             + "; ".join(f"{c.key} = {metrics[c.key]:.4g} ms, limit "
+                                         f"{c.op} {c.bound:g}" for c in broken),
+                **{f"latency@{d}": r for d, r in measured.items()},
+            },
+        })
 
 
 def export_fit(

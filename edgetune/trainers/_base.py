@@ -104,6 +104,14 @@ class Trainer(abc.ABC):
         `mutable_params`)."""
         return name in cls.mutable_params
 
+    def untrained(self, params: Mapping[str, ParamValue]) -> FitResult | None:
+        """The candidate as it would ship, before any training: its architecture (and
+        compression that changes it) with initial weights, for latency measured before
+        training so that a candidate past a latency constraint is pruned at no training cost.
+        Called before `fit`, only when the job has a latency constraint. None (the default):
+        this trainer cannot tell, and latency is measured after training only."""
+        return None
+
     @abc.abstractmethod
     def fit(
         self, params: Mapping[str, ParamValue], *, report: Report,

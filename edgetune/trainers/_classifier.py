@@ -104,6 +104,28 @@ class ClassifierTrainer(Trainer):
     def build_model(self, params: Mapping[str, ParamValue], data: Any) -> torch.nn.Module:
         """The network for `params`, sized for `data`."""
 
+    def untrained(self, params: Mapping[str, ParamValue]) -> FitResult:
+        """The network with initial weights, channel-pruned as it will be after training (how
+        many channels a block keeps depends on the ratio only; which ones, on training), at the
+        precision it will ship in."""
+        import torch
+
+        from edgetune.trainers import compression
+
+        seed = self.spec.seed or 0
+        torch.manual_seed(seed)
+        data = self.load_data(val_fraction=float(self.spec.options.get("val_fraction") or 0.2),
+                              seed=seed)
+        knobs = Compression.from_params(params)
+        model = self.build_model(params, data)
+        if knobs.prune == "channel" and compression.channel_prunable(model):
+            compression.channel_prune(model, knobs.prune_amount, knobs.prune_criterion)
+        return FitResult(
+            model=model.eval(), example_input=torch.zeros((1, *data.x_train.shape[1:])),
+            quantization=knobs.quantization,
+            calibration=data.x_train[: min(len(data.x_train), CALIBRATION_SAMPLES)],
+        )
+
     def fit(
         self, params: Mapping[str, ParamValue], *, report: Report,
         checkpoint_dir: Path | None = None,

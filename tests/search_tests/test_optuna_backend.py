@@ -160,3 +160,32 @@ def test_a_failing_worker_leaves_no_trial_running_and_no_child_alive(setup) -> N
     for t in trials:
         with pytest.raises(ProcessLookupError):
             os.kill(t.user_attrs["pid"], 0)
+
+
+def test_a_latency_constraint_prunes_a_too_slow_candidate_before_any_epoch(setup) -> None:
+    jobs, backend = setup
+    job, spec = make_job(
+        jobs, trainer={"epochs": 3}, algorithm={"sampler": "random"}, budget={"n_trials": 2},
+        objectives=[{"name": "accuracy"}],
+        constraints=[{"metric": "latency_ms", "op": "<=", "bound": 1e-6}],  # nothing is this fast
+    )
+    outcome = backend.run(job, spec, Control())
+    assert outcome.status == JobStatus.FAILED and "pruned" in (outcome.error or "")
+    for t in study_of(jobs, job).get_trials():
+        assert t.state == TrialState.PRUNED
+        assert t.user_attrs["pruned_at_epoch"] == 0
+        assert "latency measured before training" in t.user_attrs["pruned_by"]
+        assert t.user_attrs["latency@local"]["p50_ms"] > 1e-6
+        # No epoch ran: none reported accuracy, none left a learning curve.
+        assert not t.intermediate_values and "val_accuracy_history" not in t.user_attrs
+
+
+def test_a_candidate_within_its_latency_constraint_trains(setup) -> None:
+    jobs, backend = setup
+    job, spec = make_job(
+        jobs, trainer={"epochs": 1}, algorithm={"sampler": "random"}, budget={"n_trials": 1},
+        constraints=[{"metric": "latency_ms", "op": "<=", "bound": 1000}],
+    )
+    assert backend.run(job, spec, Control()).status == JobStatus.SUCCEEDED
+    (trial,) = study_of(jobs, job).get_trials()
+    assert trial.state == TrialState.COMPLETE and trial.user_attrs["latency_ms@local"] < 1000

@@ -32,7 +32,7 @@ from ray import tune
 from ray.tune.search import Searcher
 
 from edgetune.devices import MeasureConfig
-from edgetune.errors import TrialFailed
+from edgetune.errors import TrialFailed, TrialPruned
 from edgetune.search.backends.optuna import (
     JobControl,
     JobOutcome,
@@ -114,6 +114,8 @@ def run_ray_trial(config: dict[str, Any], task: RayTrialTask) -> None:
                 probe_timeout_s=task.probe_timeout_s,
                 checkpoint_dir=checkpoint_dir if task.checkpoints else None,
             )
+        except TrialPruned as e:  # past a latency constraint before training
+            result = {"state": "pruned", "error": None, **e.args[0]}
         except TrialFailed as e:
             result = {"state": "failed", "error": str(e)}
         except Exception as e:
