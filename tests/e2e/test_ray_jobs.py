@@ -46,11 +46,16 @@ def test_an_asha_job_on_ray_lands_in_the_study_with_artifacts(server) -> None:
 
 def test_a_pbt_job_restarts_trials_from_checkpoints_with_new_learning_rates(server) -> None:
     with Client(server.url) as client:
-        job = client.submit(digits_job(
+        # Asynchronous PBT exploits when a trial at a perturbation point ranks in the bottom
+        # quantile of the scores reported so far, which depends on timing: at 4 epochs a
+        # loaded machine once ran the job without any exploit; 6 epochs give more chances.
+        spec = digits_job(
             "ray-pbt", "pbt",
             algorithm={"backend": "ray", "sampler": "random", "pruner": "pbt",
                        "options": {"perturbation_interval": 1}},
-        ))
+        )
+        spec["trainer"]["epochs"] = 6
+        job = client.submit(spec)
         job = client.wait(job.id, timeout=600, poll_interval=1.0)
         assert job.status == "succeeded", f"{job.error}\n{server.log_tail()}"
         trials = client.trials(job.id).data
