@@ -299,6 +299,22 @@ class ProbeFail(BaseModel):
     reason: str = Field(min_length=1, max_length=4000)
 
 
+class PredictorPublic(BaseModel):
+    """A device's latency predictor, fitted on its done probes, and its cross-validated error."""
+
+    device_id: str
+    kind: str = Field(description="The model: `additive` or `log-ridge`.")
+    n_probes: int = Field(description="Done probes it learned from.")
+    n_skipped: int = Field(description="Done probes left out: their artifact is gone or is "
+                                       "not ONNX.")
+    features: list[str] = Field(description="The graph features it uses.")
+    folds: int = Field(description="Cross-validation folds the error comes from.")
+    mape: float = Field(description="Mean absolute percentage error of p50, in %.")
+    within_10pct: float = Field(description="Share of predictions within ±10% of p50.")
+    spearman: float | None = Field(description="Rank correlation of predicted and measured "
+                                               "p50; null when either is constant.")
+
+
 class HealthPublic(BaseModel):
     status: Literal["ok"]
     version: str

@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from edgetune import __version__
 from edgetune.api.errors import install_error_handlers
 from edgetune.api.routes import artifacts, ask_tell, devices, health, jobs, probes
+from edgetune.devices.predictor import PredictorCache
 from edgetune.search.ask_tell import AskTellStudies
 from edgetune.search.front import FrontView
 from edgetune.settings import Settings
@@ -27,6 +28,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.db = open_database(settings.url)
         app.state.front = FrontView(app.state.db)
+        app.state.predictors = PredictorCache()
         app.state.ask_tell = AskTellStudies(
             JobRepository(app.state.db), heartbeat_s=max(1, round(settings.job_lease_s / 4))
         )

@@ -14,6 +14,7 @@ import signal
 import socket
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -183,8 +184,12 @@ class Agent:
         shape = [int(probe["batch_size"]), *(int(d) for d in probe["input_shape"])]
         with tempfile.TemporaryDirectory(prefix="edgetune-agent-") as tmp:
             path = self.download(probe["artifact_sha256"], Path(tmp))
+            start = time.perf_counter()
             measured = measure_latency(path, runtime=runtime, input_shape=shape, config=config)
-        return {**measured.as_dict(), "agent": self.agent_id}
+            measure_s = time.perf_counter() - start
+        # `measure_s` (loading, warm-up and timed runs) lets a client tell the measurement
+        # from the queue's own round trip.
+        return {**measured.as_dict(), "agent": self.agent_id, "measure_s": measure_s}
 
     def download(self, sha256: str, directory: Path) -> Path:
         """Fetch the artifact into `directory`, refusing more than `max_artifact_bytes` and any

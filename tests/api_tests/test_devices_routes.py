@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
@@ -251,3 +252,69 @@ def test_complete_and_fail_errors(client: TestClient) -> None:
     # A failed probe answers nothing: asking again queues a new one.
     retry = upload(client)
     assert retry.status_code == 202 and retry.json()["id"] != probe["id"]
+
+
+def tiny_onnx(k: int) -> bytes:
+    """An ONNX MatMul of a [1, k] input by a [k, 4] weight: k x 4 MACs, a few hundred bytes."""
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.full((k, 4), 0.5, dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return bytes(model.SerializeToString())
+
+
+def measure(client: TestClient, device_id: str, k: int, p50_ms: float) -> dict[str, Any]:
+    """Upload the tiny model of size `k` and complete its probe as an agent would."""
+    probe = upload(client, tiny_onnx(k), input_shape=[k])
+    assert probe.status_code == 202, probe.text
+    assert lease(client, device_id).json()["id"] == probe.json()["id"]
+    result = {**RESULT, "p50_ms": p50_ms, "p90_ms": p50_ms * 1.1}
+    done = client.post(f"/api/v1/probes/{probe.json()['id']}:complete",
+                       json={"agent": "agent-1", "result": result})
+    assert done.json()["status"] == "done"
+    return dict(done.json())
+
+
+def test_the_predictor_needs_enough_measured_probes(client: TestClient) -> None:
+    device = register(client)
+    url = f"/api/v1/devices/{device['id']}/predictor"
+    assert client.get("/api/v1/devices/nope/predictor").status_code == 404
+    short = client.get(url)
+    assert short.status_code == 409 and "0 measured probes" in short.json()["detail"]
+    for k in (8, 16, 24):
+        measure(client, device["id"], k, 0.01 + 0.001 * k)
+    short = client.get(url)
+    assert short.status_code == 409
+    assert "3 measured probes" in short.json()["detail"] and "at least 8" in short.json()["detail"]
+
+
+def test_the_predictor_reports_its_cross_validated_error(
+    client: TestClient, settings: Settings
+) -> None:
+    device = register(client)
+    url = f"/api/v1/devices/{device['id']}/predictor"
+    # Latency exactly linear in the MACs (k x 4): the additive model recovers it.
+    probes = [measure(client, device["id"], k, 0.01 + 0.0005 * 4 * k)
+              for k in range(8, 8 + 4 * 12, 4)]
+    answer = client.get(url)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["device_id"] == device["id"] and body["kind"] == "additive"
+    assert body["n_probes"] == 12 and body["n_skipped"] == 0 and body["folds"] >= 2
+    assert "matmul_macs" in body["features"]
+    assert body["within_10pct"] == 1.0 and body["mape"] < 1.0 and body["spearman"] > 0.99
+    # Unchanged history: the same answer, from the cache.
+    assert client.get(url).json() == body
+
+    # A probe whose artifact is gone is left out (once the history changes and it refits).
+    gone = probes[0]["artifact_sha256"]
+    (settings.artifact_dir / f"{gone}.onnx").unlink()
+    measure(client, device["id"], 100, 0.01 + 0.0005 * 4 * 100)
+    refit = client.get(url).json()
+    assert refit["n_probes"] == 12 and refit["n_skipped"] == 1

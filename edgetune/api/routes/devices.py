@@ -6,19 +6,23 @@ import asyncio
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
+from edgetune.devices.predictor import MIN_PROBES, LatencyPredictor, PredictorCache
+from edgetune.errors import ConflictError
 from edgetune.schemas import (
     DeviceCreate,
     DevicePublic,
     DevicesPublic,
     ErrorPublic,
+    PredictorPublic,
     ProbeLease,
     ProbePublic,
 )
 from edgetune.settings import Settings
 from edgetune.storage import Device, DeviceRepository, ProbeRepository, is_online
+from edgetune.storage.artifacts import find_artifact
 
 from ..deps import DatabaseDep, SettingsDep
 
@@ -27,8 +31,12 @@ router = APIRouter(prefix="/devices", tags=["devices"])
 _ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorPublic}}
 #: The longest a lease request waits for a probe; agents ask again.
 MAX_LEASE_WAIT_S = 30.0
-#: How often a waiting lease request looks at the queue.
-LEASE_POLL_S = 0.2
+#: How often a waiting lease request looks at the queue: an indexed read that writes nothing
+#: when the queue is empty, and what a probe waits at most, on average half, beyond its
+#: measurement (probes are queued by workers in other processes: no in-process wake-up).
+LEASE_POLL_S = 0.05
+#: The newest done probes a device's latency predictor learns from.
+PREDICTOR_HISTORY = 1000
 
 
 @router.post(
@@ -109,6 +117,56 @@ async def lease_probe(
         if left <= 0:
             return Response(status_code=status.HTTP_204_NO_CONTENT)
         await asyncio.sleep(min(LEASE_POLL_S, left))
+
+
+@router.get(
+    "/{device_id}/predictor", response_model=PredictorPublic,
+    responses={**_ERRORS, 409: {"model": ErrorPublic,
+                                "description": "Too few measured probes to fit one."}},
+)
+def get_predictor(
+    device_id: str, request: Request, db: DatabaseDep, settings: SettingsDep
+) -> PredictorPublic:
+    """The device's latency predictor, fitted on its done probes (the newest
+    `PREDICTOR_HISTORY` whose ONNX artifact is still stored), with its cross-validated error:
+    how far to trust `mode: predicted` on this device. 409 while it has fewer than
+    `MIN_PROBES` usable probes. Refitted only when the device has a new done probe."""
+    device = DeviceRepository(db).get(device_id)
+    probes = ProbeRepository(db)
+    _, n_done = probes.list(device_id=device.id, status="done", limit=1)
+    cache: PredictorCache = request.app.state.predictors
+    cached = cache.fitted(device.id, n_done)
+    if cached is not None:
+        answer: PredictorPublic = cached
+        return answer
+    samples: list[tuple[dict[str, float], float]] = []
+    history = probes.history(device.id, limit=PREDICTOR_HISTORY)
+    for probe in history:
+        path = find_artifact(settings.artifact_dir, probe.artifact_sha256)
+        if path is None or path.suffix != ".onnx" or not probe.result:
+            continue
+        try:
+            features = cache.features(probe.artifact_sha256, path)
+        except ValueError:
+            continue  # an artifact ONNX cannot read tells the predictor nothing
+        features["threads"] = float(probe.threads)
+        samples.append((features, float(probe.result["p50_ms"])))
+    if len(samples) < MIN_PROBES:
+        raise ConflictError(
+            f"device {device.name!r} has {len(samples)} measured probes with a stored ONNX "
+            f"artifact, but a latency predictor needs at least {MIN_PROBES}"
+        )
+    predictor = LatencyPredictor().fit(samples)
+    error = predictor.evaluate(samples)
+    answer = PredictorPublic(
+        device_id=device.id, kind=predictor.kind, n_probes=len(samples),
+        n_skipped=len(history) - len(samples), features=predictor.feature_names,
+        folds=int(error["folds"] or 0), mape=float(error["mape"] or 0.0),
+        within_10pct=float(error["within_10pct"] or 0.0),
+        spearman=None if error["spearman"] is None else float(error["spearman"]),
+    )
+    cache.store(device.id, n_done, answer)
+    return answer
 
 
 def device_public(device: Device, settings: Settings) -> DevicePublic:
