@@ -95,12 +95,22 @@ class ObjectiveSpec(_Spec):
     name: str
     direction: Direction | None = Field(default=None, description="Defaults by metric.")
     device: str | None = Field(default=None, pattern=NAME)
+    mode: Literal["measured", "predicted"] = Field(
+        default="measured",
+        description="latency_ms on a registered device only: `predicted` estimates it with "
+                    "the device's latency predictor (fitted on its probe history) instead of "
+                    "measuring, to screen candidates fast; the trial records which it used.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ObjectiveSpec:
         self.device = _metric_device(self.name, self.device)
         if self.direction is None:
             self.direction = METRICS[self.name]
+        if self.mode == "predicted" and (self.name != "latency_ms" or self.device == LOCAL_DEVICE):
+            raise ValueError("mode 'predicted' is for latency_ms on a registered device (its "
+                             "predictor learns from the device's measured probes); "
+                             f"{self.name!r} on {self.device!r} is measured")
         return self
 
     @property
@@ -203,6 +213,15 @@ class JobSpec(_Spec):
             raise ValueError(f"each objective must appear once; repeated: {', '.join(repeated)}")
         return objectives
 
+    @model_validator(mode="after")
+    def _measured_or_predicted(self) -> JobSpec:
+        # Measured and predicted latency of one device are never mixed in one job.
+        measured = {c.device for c in self.constraints if c.metric == "latency_ms" and c.device}
+        if both := sorted(measured & set(self.predicted_devices)):
+            raise ValueError(f"latency on {', '.join(both)} is predicted by an objective but "
+                             "measured by a constraint; use one or the other")
+        return self
+
     @property
     def directions(self) -> list[Direction]:
         return [o.direction or METRICS[o.name] for o in self.objectives]
@@ -210,6 +229,11 @@ class JobSpec(_Spec):
     @property
     def metric_names(self) -> list[str]:
         return [o.key for o in self.objectives]
+
+    @property
+    def predicted_devices(self) -> list[str]:
+        """Devices whose latency this job predicts instead of measuring."""
+        return [o.device for o in self.objectives if o.mode == "predicted" and o.device]
 
     @property
     def devices(self) -> list[str]:

@@ -152,10 +152,14 @@ class LatencyPredictor:
         return self.n_train > 0
 
     # --- fitting ---------------------------------------------------------------------------
-    def fit(self, samples: Sequence[tuple[Mapping[str, float], float]]) -> LatencyPredictor:
-        """Fit on (features, p50_ms) pairs; raises `ValueError` for fewer than `MIN_PROBES`
-        or a latency that is not a positive finite number."""
-        if len(samples) < MIN_PROBES:
+    def fit(
+        self, samples: Sequence[tuple[Mapping[str, float], float]], *,
+        min_samples: int = MIN_PROBES,
+    ) -> LatencyPredictor:
+        """Fit on (features, p50_ms) pairs; raises `ValueError` for fewer than `min_samples`
+        (`MIN_PROBES`; cross-validation fits its folds on fewer) or a latency that is not a
+        positive finite number."""
+        if len(samples) < min_samples:
             raise ValueError(f"A latency predictor needs at least {MIN_PROBES} measurements; "
                              f"there are {len(samples)}.")
         y = np.array([float(latency) for _, latency in samples])
@@ -235,12 +239,14 @@ class LatencyPredictor:
             raise ValueError(f"A latency predictor needs at least {MIN_PROBES} measurements; "
                              f"there are {n}.")
         folds = max(2, min(folds, n // (MIN_PROBES // 2)))
+        # A fold's predictor learns from fewer than MIN_PROBES when n is small: the error it
+        # shows is then pessimistic, never flattering.
         order = np.random.default_rng(seed).permutation(n)
         predicted = np.zeros(n)
         for fold in np.array_split(order, folds):
             held = set(fold.tolist())
             train = [samples[i] for i in range(n) if i not in held]
-            model = LatencyPredictor(kind=self.kind, alpha=self.alpha).fit(train)
+            model = LatencyPredictor(kind=self.kind, alpha=self.alpha).fit(train, min_samples=2)
             predicted[fold] = model.predict_many([samples[i][0] for i in fold])
         measured = np.array([float(latency) for _, latency in samples])
         return {**prediction_error(measured, predicted), "folds": folds}

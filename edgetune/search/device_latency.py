@@ -1,15 +1,29 @@
 """A trial's latency on the job's devices: measured in the trial's own process on the built-in
-`local` device, by the device's agent through the probe queue on a registered one."""
+`local` device, by the device's agent through the probe queue on a registered one, or
+predicted from the device's probe history (`mode: predicted`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgetune.devices import MeasureConfig, measure_latency
+from edgetune.devices import LatencyPredictor, MeasureConfig, graph_features, measure_latency
+from edgetune.devices.predictor import MIN_PROBES
 from edgetune.errors import EdgetuneError
 from edgetune.spec import LOCAL_DEVICE
-from edgetune.storage import DEFAULT_TENANT, Database, DeviceRepository, ProbeRepository
+from edgetune.storage import (
+    DEFAULT_TENANT,
+    Database,
+    Device,
+    DeviceRepository,
+    ProbeRepository,
+)
+from edgetune.storage.artifacts import find_artifact
+
+#: The newest done probes a device's latency predictor learns from.
+PREDICTOR_HISTORY = 1000
 
 if TYPE_CHECKING:
     from edgetune.trainers.export import Artifact
@@ -19,18 +33,62 @@ class LatencyUnavailable(EdgetuneError):
     """A device could not measure the trial's model; the message says why, for the trial."""
 
 
+@dataclass(frozen=True)
+class FittedPredictor:
+    """A device's latency predictor with what it was fitted on and its cross-validated error."""
+
+    predictor: LatencyPredictor
+    n_probes: int
+    n_skipped: int
+    error: dict[str, float | int | None]
+
+
+def fit_device_predictor(
+    db: Database, artifact_dir: Path, device: Device, *,
+    features: Callable[[str, Path], dict[str, float]] = lambda _sha, path: graph_features(path),
+) -> FittedPredictor:
+    """Fit `device`'s predictor on its newest done probes whose ONNX artifact is still stored
+    (`features(sha256, path)` reads a graph's features: pass a cache). Raises
+    `LatencyUnavailable` when fewer than `MIN_PROBES` are usable."""
+    history = ProbeRepository(db).history(device.id, limit=PREDICTOR_HISTORY)
+    samples: list[tuple[dict[str, float], float]] = []
+    for probe in history:
+        path = find_artifact(artifact_dir, probe.artifact_sha256)
+        if path is None or path.suffix != ".onnx" or not probe.result:
+            continue
+        try:
+            row = features(probe.artifact_sha256, path)
+        except ValueError:
+            continue  # an artifact ONNX cannot read tells the predictor nothing
+        samples.append(({**row, "threads": float(probe.threads)},
+                        float(probe.result["p50_ms"])))
+    if len(samples) < MIN_PROBES:
+        raise LatencyUnavailable(
+            f"device {device.name!r} has {len(samples)} measured probes with a stored ONNX "
+            f"artifact, but a latency predictor needs at least {MIN_PROBES}"
+        )
+    predictor = LatencyPredictor().fit(samples)
+    return FittedPredictor(predictor, len(samples), len(history) - len(samples),
+                           predictor.evaluate(samples))
+
+
 def measure_on_devices(
     devices: Sequence[str], artifact: Artifact, input_shape: Sequence[int], *,
-    latency: MeasureConfig, storage_url: str, timeout_s: float, tenant: str = DEFAULT_TENANT,
+    latency: MeasureConfig, storage_url: str, timeout_s: float,
+    predicted: Collection[str] = (), tenant: str = DEFAULT_TENANT,
 ) -> dict[str, dict[str, Any]]:
     """{device: its measurement (p50_ms, p90_ms, mean_ms, std_ms, n, ... and `source`)}.
 
     A registered device's probe is queued (or answered from the cache, by identical requests
     before) and waited for up to `timeout_s`; a device whose agents do not measure in time, or
-    that fails the probe, raises `LatencyUnavailable` naming the device and the reason.
+    that fails the probe, raises `LatencyUnavailable` naming the device and the reason. A
+    device in `predicted` is not measured: its predictor, fitted on its probe history,
+    estimates p50 (`source: predicted`, with the predictor's cross-validated error).
     """
     results: dict[str, dict[str, Any]] = {}
-    remote = [d for d in devices if d != LOCAL_DEVICE]
+    if predicted:
+        results.update(_predict(predicted, artifact, storage_url=storage_url, tenant=tenant))
+    remote = [d for d in devices if d != LOCAL_DEVICE and d not in predicted]
     if LOCAL_DEVICE in devices:
         measured = measure_latency(artifact.path, runtime=artifact.runtime,
                                    input_shape=tuple(input_shape), config=latency)
@@ -66,3 +124,31 @@ def measure_on_devices(
     finally:
         db.dispose()
     return results
+
+
+def _predict(
+    devices: Collection[str], artifact: Artifact, *, storage_url: str, tenant: str
+) -> dict[str, dict[str, Any]]:
+    if artifact.format != "onnx":
+        raise LatencyUnavailable("predicted latency reads the ONNX graph; this trial exported "
+                                 f"{artifact.format} (install the onnx extra)")
+    db = Database(storage_url)
+    try:
+        results = {}
+        features = graph_features(artifact.path)
+        for name in devices:
+            try:
+                device = DeviceRepository(db).get_by_name(name, tenant=tenant)
+            except LookupError as e:
+                raise LatencyUnavailable(f"latency on device {name!r}: {e}") from e
+            fitted = fit_device_predictor(db, artifact.path.parent, device)
+            p50 = fitted.predictor.predict({**features, "threads": float(device.threads)})
+            results[name] = {
+                "p50_ms": p50, "source": "predicted",
+                "predictor": {"kind": fitted.predictor.kind, "n_probes": fitted.n_probes,
+                              **fitted.error},
+            }
+        return results
+    finally:
+        db.dispose()
+

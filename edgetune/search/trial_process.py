@@ -125,6 +125,7 @@ def train_and_measure(
         measured = measure_on_devices(
             spec.devices, artifact, tuple(fit.example_input.shape), latency=latency,
             storage_url=storage_url, timeout_s=probe_timeout_s,
+            predicted=spec.predicted_devices,
         )
     except LatencyUnavailable as e:
         raise TrialFailed(str(e)) from e

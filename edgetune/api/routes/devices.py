@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
-from edgetune.devices.predictor import MIN_PROBES, LatencyPredictor, PredictorCache
+from edgetune.devices.predictor import PredictorCache
 from edgetune.errors import ConflictError
 from edgetune.schemas import (
     DeviceCreate,
@@ -20,9 +20,12 @@ from edgetune.schemas import (
     ProbeLease,
     ProbePublic,
 )
+from edgetune.search.device_latency import (
+    LatencyUnavailable,
+    fit_device_predictor,
+)
 from edgetune.settings import Settings
 from edgetune.storage import Device, DeviceRepository, ProbeRepository, is_online
-from edgetune.storage.artifacts import find_artifact
 
 from ..deps import DatabaseDep, SettingsDep
 
@@ -35,8 +38,6 @@ MAX_LEASE_WAIT_S = 30.0
 #: when the queue is empty, and what a probe waits at most, on average half, beyond its
 #: measurement (probes are queued by workers in other processes: no in-process wake-up).
 LEASE_POLL_S = 0.05
-#: The newest done probes a device's latency predictor learns from.
-PREDICTOR_HISTORY = 1000
 
 
 @router.post(
@@ -139,28 +140,15 @@ def get_predictor(
     if cached is not None:
         answer: PredictorPublic = cached
         return answer
-    samples: list[tuple[dict[str, float], float]] = []
-    history = probes.history(device.id, limit=PREDICTOR_HISTORY)
-    for probe in history:
-        path = find_artifact(settings.artifact_dir, probe.artifact_sha256)
-        if path is None or path.suffix != ".onnx" or not probe.result:
-            continue
-        try:
-            features = cache.features(probe.artifact_sha256, path)
-        except ValueError:
-            continue  # an artifact ONNX cannot read tells the predictor nothing
-        features["threads"] = float(probe.threads)
-        samples.append((features, float(probe.result["p50_ms"])))
-    if len(samples) < MIN_PROBES:
-        raise ConflictError(
-            f"device {device.name!r} has {len(samples)} measured probes with a stored ONNX "
-            f"artifact, but a latency predictor needs at least {MIN_PROBES}"
-        )
-    predictor = LatencyPredictor().fit(samples)
-    error = predictor.evaluate(samples)
+    try:
+        fitted = fit_device_predictor(db, settings.artifact_dir, device,
+                                      features=cache.features)
+    except LatencyUnavailable as e:
+        raise ConflictError(str(e)) from e
+    error = fitted.error
     answer = PredictorPublic(
-        device_id=device.id, kind=predictor.kind, n_probes=len(samples),
-        n_skipped=len(history) - len(samples), features=predictor.feature_names,
+        device_id=device.id, kind=fitted.predictor.kind, n_probes=fitted.n_probes,
+        n_skipped=fitted.n_skipped, features=fitted.predictor.feature_names,
         folds=int(error["folds"] or 0), mape=float(error["mape"] or 0.0),
         within_10pct=float(error["within_10pct"] or 0.0),
         spearman=None if error["spearman"] is None else float(error["spearman"]),
