@@ -35,6 +35,9 @@ EPOCHS = 4
 STEPS = [0.0, 0.25, 0.5, 0.75, 1.0]  # x0..x3 on a grid, so that `grid` fits the same space
 SPACE = [{"type": "float", "name": f"x{i}", "low": 0, "high": 1, "step": 0.25} for i in range(4)]
 #: Pruners that must stop some of 6 trials of this problem (the others may, or never do).
+#: That depends on the draws: with the seed below each of them does; with seed 7, once trials
+#: were seeded by their number, TPE's 6 trials on ray each beat those before and ASHA (rightly)
+#: stopped none.
 MUST_PRUNE = {"sha", "asha", "mo-asha"}
 
 
@@ -96,7 +99,7 @@ def run_job(
     service: dict[str, Any], backend: str, sampler: str, pruner: str, n_objectives: int
 ) -> tuple[str, optuna.Study]:
     spec = {
-        "name": f"{backend}-{sampler}-{pruner}", "seed": 7,
+        "name": f"{backend}-{sampler}-{pruner}", "seed": 11,
         "trainer": {"name": "function", "dataset": "sphere" if n_objectives == 1 else "zdt1",
                     "epochs": EPOCHS},
         "space": {"name": None, "params": SPACE},
@@ -141,7 +144,7 @@ def test_every_allowed_combination_keeps_the_contract(
             assert t.user_attrs["pruned_at_epoch"] < EPOCHS
     pruned = sum(t.state == TrialState.PRUNED for t in trials)
     if pruner in MUST_PRUNE:
-        assert pruned > 0
+        assert pruned > 0, [(t.number, t.params, t.intermediate_values) for t in trials]
     if pruner in ("none", "pbt"):
         assert pruned == 0
     if sampler == "grid":  # each point once
