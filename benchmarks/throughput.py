@@ -3,10 +3,11 @@
 Run: python benchmarks/throughput.py [--parts asktell,workers,ray] [--quick]
      ->  benchmarks/results/throughput.md (a `--quick` smoke run only prints, unless `--out`)
 
-1. asktell: ask+tell trials per second through the REST API (`edgetune serve --workers 0` on a
-   fresh PostgreSQL database, one ask-tell job, TPE) from 8 client processes, against Optuna
-   used directly (`study.ask()` / `study.tell()`) from 8 processes on the same database with
-   the sampler the service builds for `tpe`. Target: service / direct >= 1.0.
+1. asktell: ask+tell trials per second through the REST API (`edgetune serve --workers 0
+   --api-workers <cores>` on a fresh PostgreSQL database, one ask-tell job, TPE) from 8
+   client processes, against Optuna used directly (`study.ask()` / `study.tell()`) from 8
+   processes on the same database with the sampler the service builds for `tpe`.
+   Target: service / direct >= 1.0.
 2. workers: parallel efficiency of a digits job (image-classifier, the `cnn` space, one thread
    per trial) run by `edgetune serve --workers 1` and `--workers 2`, one trial per worker at a
    time, on SQLite. Efficiency = wall(1 worker) / wall(2 workers). Target: >= 1.7.
@@ -186,13 +187,15 @@ class Server:
 
 @contextmanager
 def serve(data_dir: Path, *, workers: int, database_url: str | None = None,
-          env: Mapping[str, str] | None = None, log_level: str = "warning") -> Iterator[Server]:
+          env: Mapping[str, str] | None = None, log_level: str = "warning",
+          api_workers: int = 1) -> Iterator[Server]:
     """A real `edgetune serve` for the block."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = data_dir / "server.log"
     command = [sys.executable, "-m", "edgetune", "serve", "--port", str(port), "--data-dir",
-               str(data_dir), "--workers", str(workers), "--log-level", log_level]
+               str(data_dir), "--workers", str(workers), "--log-level", log_level,
+               "--api-workers", str(api_workers)]
     if database_url:
         command += ["--database-url", database_url]
     with log.open("wb") as out:
@@ -344,7 +347,8 @@ def summarize(runs: list[ClientRun], check: str) -> Throughput:
 
 
 def measure_service(url: str, n_trials: int, tmp: Path) -> tuple[Throughput, list[str]]:
-    with serve(tmp, workers=0, database_url=url) as server:
+    # One API process per core: Optuna direct gets a process per client on the same cores.
+    with serve(tmp, workers=0, database_url=url, api_workers=os.cpu_count() or 1) as server:
         job = server.client.submit(asktell_spec(n_trials))
         runs = run_processes(service_client, [(server.url, job.id, i) for i in range(CLIENTS)],
                              timeout_s=600 + n_trials)
@@ -385,7 +389,8 @@ def part_asktell(sizes: Sizes) -> Section:
         "| | trials | wall (s) | trials / s | mean ask (ms) | mean tell (ms) | 409 retries "
         "| errors | afterwards |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|",
-        f"| service: REST ask/tell, {CLIENTS} SDK clients, `serve --workers 0` | "
+        f"| service: REST ask/tell, {CLIENTS} SDK clients, "
+        f"`serve --workers 0 --api-workers {os.cpu_count()}` | "
         f"{service.trials} | {service.wall_s:.2f} | {service.per_s:.1f} | "
         f"{service.ask_ms:.0f} | {service.tell_ms:.0f} | {service.retries} | "
         f"{len(service.errors)} | {service.check} |",
