@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 import torch
 
+from edgetune.api.routes.devices import LEASE_POLL_S
 from edgetune.cli import free_port, wait_for_server
 from edgetune.client import Client
 from edgetune.devices.predictor import LatencyPredictor, graph_features, prediction_error
@@ -264,8 +265,9 @@ def main() -> None:
         f"{verdict(best['held']['within_10pct'] >= TARGET_WITHIN_10)} |",
         "",
         f"(b) per probe, ms: {', '.join(f'{o:.0f}' for o in overheads)}. The round trip is "
-        "upload, queueing, the agent's lease (the server looks at the queue every 0.2 s while "
-        "a lease waits), download, the report, and the client's poll (every 5 ms here).",
+        "upload, queueing, the agent's lease (the server looks at the queue every "
+        f"{LEASE_POLL_S:g} s while a lease waits), download, the report, and the client's poll "
+        "(every 5 ms here).",
         "",
         f"(c) {len(samples)} distinct architectures of the mobilenet space at "
         f"{RESOLUTION}x{RESOLUTION}, seed {args.seed}, p50 from "
