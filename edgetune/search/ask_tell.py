@@ -24,10 +24,11 @@ from optuna.trial import TrialState
 from edgetune.errors import ConflictError, InvalidSpecError, NotFoundError
 from edgetune.search.backends.optuna import (
     BudgetState,
-    ask_with_heartbeat,
     fail_dead_trials,
     job_outcome,
     load_job_study,
+    new_trial_id,
+    sampled_trial,
     tell_result,
     trial_budget,
 )
@@ -80,21 +81,26 @@ class AskTellStudies:
         a new trial; ConflictError when the job has ended, spent its budget or runs its
         parallelism already."""
         js = self._study(job)
-        with js.lock, job_lock(js.storage.engine, job.id):
-            trial = self._client_trial(js, client_id)
-            resumed = trial is not None
-            if trial is not None:
-                js.storage.record_heartbeat(trial._trial_id)
-            else:
-                if time.monotonic() - js.reaped_at >= self.heartbeat_s:
-                    fail_dead_trials(js.study, js.storage)
-                    js.reaped_at = time.monotonic()
-                used = BudgetState.of(js.study)
-                if not used.may_ask(js.n_trials, js.spec.budget.parallelism):
-                    raise ConflictError(_why_not(used, js))
-                trial = ask_with_heartbeat(js.study, js.storage)
-                js.storage.set_trial_system_attr(trial._trial_id, CLIENT_KEY, client_id)
-        params = suggest(trial, js.space)
+        # The job's lock guards the slot (budget, parallelism, the client's one trial); the
+        # in-process lock also covers the sampling, since the per-trial seeded sampler is one
+        # object per job here.
+        with js.lock:
+            with job_lock(js.storage.engine, job.id):
+                trial_id = self._client_trial_id(js, client_id)
+                resumed = trial_id is not None
+                if trial_id is not None:
+                    js.storage.record_heartbeat(trial_id)
+                else:
+                    if time.monotonic() - js.reaped_at >= self.heartbeat_s:
+                        fail_dead_trials(js.study, js.storage)
+                        js.reaped_at = time.monotonic()
+                    used = BudgetState.of(js.study)
+                    if not used.may_ask(js.n_trials, js.spec.budget.parallelism):
+                        raise ConflictError(_why_not(used, js))
+                    trial_id = new_trial_id(js.study, js.storage)
+                    js.storage.set_trial_system_attr(trial_id, CLIENT_KEY, client_id)
+            trial = sampled_trial(js.study, trial_id)
+            params = suggest(trial, js.space)
         fixed = {k: v for k, v in params.items() if k not in trial.params}
         if fixed and not resumed:
             trial.set_user_attr("fixed_params", fixed)
@@ -148,10 +154,10 @@ class AskTellStudies:
         return js
 
     @staticmethod
-    def _client_trial(js: _JobStudy, client_id: str) -> optuna.Trial | None:
+    def _client_trial_id(js: _JobStudy, client_id: str) -> int | None:
         for t in js.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if t.system_attrs.get(CLIENT_KEY) == client_id:
-                return optuna.Trial(js.study, t._trial_id)
+                return t._trial_id
         return None
 
     @staticmethod

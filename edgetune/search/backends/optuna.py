@@ -7,7 +7,6 @@ import math
 import multiprocessing
 import signal
 import time
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -163,7 +162,8 @@ class OptunaBackend:
                 with job_lock(storage.engine, job.id):
                     if not BudgetState.of(study).may_ask(n_trials, budget.parallelism):
                         break
-                    trial = ask_with_heartbeat(study, storage)
+                    trial_id = new_trial_id(study, storage)
+                trial = sampled_trial(study, trial_id)
                 params = suggest(trial, space)
                 fixed = {k: v for k, v in params.items() if k not in trial.params}
                 if fixed:
@@ -310,14 +310,22 @@ class BudgetState:
                 and self.counted + self.running < n_trials)
 
 
-def ask_with_heartbeat(study: optuna.Study, storage: optuna.storages.RDBStorage) -> optuna.Trial:
-    """A new trial with its first heartbeat; call it under the job's lock (`fail_dead_trials`)."""
-    with warnings.catch_warnings():
-        # Optuna's heartbeat was built for `Study.optimize`; we drive it ourselves.
-        warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used")
-        trial = study.ask()
-    storage.record_heartbeat(trial._trial_id)
-    return trial
+def new_trial_id(study: optuna.Study, storage: optuna.storages.RDBStorage) -> int:
+    """A new trial (or one enqueued) with its first heartbeat, as `Study.ask` makes it, but
+    not sampled yet: call it under the job's lock (see `fail_dead_trials`), and sample after
+    the lock with `sampled_trial`. The lock guards the slot; sampling (TPE's, GP's) can take
+    long and need not hold up other processes' asks."""
+    trial_id = study._pop_waiting_trial_id()
+    if trial_id is None:
+        trial_id = study._storage.create_new_trial(study._study_id)
+    storage.record_heartbeat(trial_id)
+    return trial_id
+
+
+def sampled_trial(study: optuna.Study, trial_id: int) -> optuna.Trial:
+    """The trial, with the sampler's relative parameters drawn (the rest of `Study.ask`)."""
+    study._thread_local.cached_all_trials = None  # as `Study.ask`: read the storage afresh
+    return optuna.Trial(study, trial_id)
 
 
 def fail_dead_trials(study: optuna.Study, storage: optuna.storages.RDBStorage) -> None:
