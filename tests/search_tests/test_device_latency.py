@@ -13,7 +13,11 @@ from pydantic import ValidationError
 from torch import nn
 
 from edgetune.devices import MeasureConfig
-from edgetune.search.device_latency import LatencyUnavailable, measure_on_devices
+from edgetune.search.device_latency import (
+    LatencyUnavailable,
+    fit_device_predictor,
+    measure_on_devices,
+)
 from edgetune.spec import JobSpec
 from edgetune.storage import DeviceRepository, ProbeRepository, open_database
 from edgetune.trainers.export import Artifact, export_model
@@ -39,7 +43,8 @@ def board(tmp_path: Path):
     db.dispose()
 
 
-def measured_history(db, device, artifacts: Path, widths: list[int]) -> None:
+def measured_history(db, device, artifacts: Path, widths: list[int],
+                     latency=true_p50) -> None:
     probes = ProbeRepository(db)
     for width in widths:
         artifact = mlp(width, artifacts)
@@ -47,7 +52,7 @@ def measured_history(db, device, artifacts: Path, widths: list[int]) -> None:
                                input_shape=[32], batch_size=1, threads=1, warmup=1,
                                min_repeats=1, min_time_s=0.0)
         assert probes.lease(device.id, "agent", lease_s=60) is not None
-        p50 = true_p50(width)
+        p50 = latency(width)
         probes.complete(probe.id, "agent", {"p50_ms": p50, "p90_ms": p50, "mean_ms": p50,
                                             "std_ms": 0.0, "n": 10})
 
@@ -64,6 +69,21 @@ def test_a_predicted_latency_comes_from_the_device_history(board) -> None:
     assert result["p50_ms"] == pytest.approx(true_p50(100), rel=0.1)
     # Nothing was queued for it: predicting measures nothing.
     assert ProbeRepository(db).list(device_id=device.id)[1] == 11
+
+
+WIDTHS = [8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320]
+
+
+def test_the_device_predictor_is_the_kind_that_cross_validates_better(board) -> None:
+    db, device, artifacts = board
+    # Costs that add up (a fixed cost plus one per MAC): the additive model is exact.
+    measured_history(db, device, artifacts, WIDTHS)
+    assert fit_device_predictor(db, artifacts, device).predictor.kind == "additive"
+    # A power law of the work, as caches and vector units make it: log-ridge fits it.
+    other = DeviceRepository(db).register("other", runtimes=["onnxruntime"], hardware={},
+                                          threads=1)
+    measured_history(db, other, artifacts, WIDTHS, lambda w: 0.003 * (42 * w) ** 0.6)
+    assert fit_device_predictor(db, artifacts, other).predictor.kind == "log-ridge"
 
 
 def test_too_short_a_history_says_how_many_probes_it_needs(board) -> None:
