@@ -4,6 +4,7 @@ predicted from the device's probe history (`mode: predicted`)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,9 @@ from edgetune.storage import (
 )
 from edgetune.storage.artifacts import find_artifact
 
+#: How long a trial waits for a registered device to measure its model, unless set
+#: (`EDGETUNE_PROBE_TIMEOUT_S`).
+PROBE_TIMEOUT_S = 600.0
 #: The newest done probes a device's latency predictor learns from.
 PREDICTOR_HISTORY = 1000
 
@@ -93,32 +97,33 @@ def measure_on_devices(
     estimates p50 (`source: predicted`, with the predictor's cross-validated error).
     """
     results: dict[str, dict[str, Any]] = {}
-    if predicted:
-        results.update(_predict(predicted, artifact, storage_url=storage_url, tenant=tenant))
-    remote = [d for d in devices if d != LOCAL_DEVICE and d not in predicted]
     if LOCAL_DEVICE in devices:
         measured = measure_latency(artifact.path, runtime=artifact.runtime,
                                    input_shape=tuple(input_shape), config=latency)
         results[LOCAL_DEVICE] = {**measured.as_dict(), "source": "local"}
-    if not remote:
+    remote = [d for d in devices if d != LOCAL_DEVICE and d not in predicted]
+    if not remote and not predicted:
         return results
     db = Database(storage_url)
     try:
+        for name in predicted:
+            results[name] = _predict(db, _device(db, name, tenant), artifact)
         probes = ProbeRepository(db)
         queued = {}
         for name in remote:  # queue every probe first: the devices measure at once
+            device = _device(db, name, tenant)
             try:
-                device = DeviceRepository(db).get_by_name(name, tenant=tenant)
                 queued[name] = probes.request(
                     device.id, artifact_sha256=artifact.sha256, runtime=artifact.runtime,
                     input_shape=list(input_shape[1:]), batch_size=int(input_shape[0]),
                     threads=device.threads, warmup=latency.warmup,
                     min_repeats=latency.min_repeats, min_time_s=latency.min_time_s,
                 )
-            except (LookupError, ValueError) as e:
+            except ValueError as e:  # a runtime the device does not offer
                 raise LatencyUnavailable(f"latency on device {name!r}: {e}") from e
+        deadline = time.monotonic() + timeout_s  # one timeout for all the devices together
         for name, probe in queued.items():
-            done = probes.wait(probe.id, timeout_s=timeout_s)
+            done = probes.wait(probe.id, timeout_s=max(0.0, deadline - time.monotonic()))
             if done.status == "failed":
                 raise LatencyUnavailable(f"latency on device {name!r}: {done.error}")
             if done.status != "done" or done.result is None:
@@ -133,29 +138,23 @@ def measure_on_devices(
     return results
 
 
-def _predict(
-    devices: Collection[str], artifact: Artifact, *, storage_url: str, tenant: str
-) -> dict[str, dict[str, Any]]:
+def _device(db: Database, name: str, tenant: str) -> Device:
+    try:
+        return DeviceRepository(db).get_by_name(name, tenant=tenant)
+    except LookupError as e:
+        raise LatencyUnavailable(f"latency on device {name!r}: {e}") from e
+
+
+def _predict(db: Database, device: Device, artifact: Artifact) -> dict[str, Any]:
     if artifact.format != "onnx":
         raise LatencyUnavailable("predicted latency reads the ONNX graph; this trial exported "
                                  f"{artifact.format} (install the onnx extra)")
-    db = Database(storage_url)
-    try:
-        results = {}
-        features = graph_features(artifact.path)
-        for name in devices:
-            try:
-                device = DeviceRepository(db).get_by_name(name, tenant=tenant)
-            except LookupError as e:
-                raise LatencyUnavailable(f"latency on device {name!r}: {e}") from e
-            fitted = fit_device_predictor(db, artifact.path.parent, device)
-            p50 = fitted.predictor.predict({**features, "threads": float(device.threads)})
-            results[name] = {
-                "p50_ms": p50, "source": "predicted",
-                "predictor": {"kind": fitted.predictor.kind, "n_probes": fitted.n_probes,
-                              **fitted.error},
-            }
-        return results
-    finally:
-        db.dispose()
-
+    # Artifacts are files in one directory, named by their hash: this trial's is among them.
+    fitted = fit_device_predictor(db, artifact.path.parent, device)
+    p50 = fitted.predictor.predict({**graph_features(artifact.path),
+                                    "threads": float(device.threads)})
+    return {
+        "p50_ms": p50, "source": "predicted",
+        "predictor": {"kind": fitted.predictor.kind, "n_probes": fitted.n_probes,
+                      **fitted.error},
+    }

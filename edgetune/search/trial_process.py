@@ -50,7 +50,7 @@ class TrialTask:
     artifact_dir: str
     report_to_pruner: bool
     latency: MeasureConfig
-    probe_timeout_s: float = 600.0  # how long a registered device may take to measure
+    probe_timeout_s: float  # how long a registered device may take to measure
 
 
 def run_trial_process(task: TrialTask, conn: Any) -> None:

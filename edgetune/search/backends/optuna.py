@@ -22,6 +22,7 @@ from sqlalchemy import text
 
 from edgetune.devices import MeasureConfig
 from edgetune.search.constraints import violations
+from edgetune.search.device_latency import PROBE_TIMEOUT_S
 from edgetune.search.registry import PRUNERS, SAMPLERS, AlgorithmContext
 from edgetune.search.samplers import TrialSeededSampler
 from edgetune.search.space import suggest
@@ -95,7 +96,7 @@ class OptunaBackend:
         poll_interval_s: float = 0.5,
         heartbeat_interval_s: float = 5.0,
         max_running: int | None = None,
-        probe_timeout_s: float = 600.0,
+        probe_timeout_s: float = PROBE_TIMEOUT_S,
         context: BaseContext | None = None,
     ) -> None:
         self.probe_timeout_s = probe_timeout_s

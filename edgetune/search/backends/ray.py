@@ -43,6 +43,7 @@ from edgetune.search.backends.optuna import (
     tell_result,
     trial_budget,
 )
+from edgetune.search.device_latency import PROBE_TIMEOUT_S
 from edgetune.search.registry import PRUNERS, AlgorithmContext, progress_metric
 from edgetune.search.space import suggest
 from edgetune.spaces import Param, ParamValue, resolve_space
@@ -139,7 +140,7 @@ class RayBackend:
         ray_address: str | None = None,
         heartbeat_interval_s: float = 5.0,
         reuse_actors: bool = True,
-        probe_timeout_s: float = 600.0,
+        probe_timeout_s: float = PROBE_TIMEOUT_S,
     ) -> None:
         self.storage_url = storage_url
         self.probe_timeout_s = probe_timeout_s
