@@ -31,3 +31,4 @@ def database_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
     with admin.connect() as conn:
         conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     admin.dispose()
+

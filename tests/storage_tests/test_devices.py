@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import threading
 from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
+from racing import race
 
 from edgetune.errors import InvalidSpecError, NotFoundError
 from edgetune.storage import (
@@ -60,23 +60,8 @@ def test_registering_a_known_name_reattaches_with_the_new_description(
 
 
 def test_racing_registrations_of_one_name_all_get_one_device(devices: DeviceRepository) -> None:
-    ids: list[str] = []
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(8)
-
-    def race(i: int) -> None:
-        barrier.wait()
-        try:
-            ids.append(register(devices, threads=i + 1).id)
-        except BaseException as e:
-            errors.append(e)
-
-    threads = [threading.Thread(target=race, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == [] and len(ids) == 8 and len(set(ids)) == 1
+    ids = race(lambda i: register(devices, threads=i + 1).id)
+    assert len(ids) == 8 and len(set(ids)) == 1
     assert devices.list()[1] == 1
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import optuna
 import pytest
 import sqlalchemy as sa
+from racing import race
 
 from edgetune.errors import ConflictError, NotFoundError, StorageError
 from edgetune.spec import JobSpec
@@ -74,20 +74,8 @@ def test_unknown_job_is_not_found(jobs: JobRepository) -> None:
 
 def test_only_one_of_many_racing_workers_claims_a_ray_job(jobs: JobRepository) -> None:
     job = jobs.create(ray_spec())
-    winners: list[str] = []
-    barrier = threading.Barrier(8)
-
-    def race(i: int) -> None:
-        barrier.wait()
-        claimed = jobs.claim(f"w{i}", lease_s=60)
-        if claimed is not None:
-            winners.append(claimed.lease_owner or "")
-
-    threads = [threading.Thread(target=race, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    claims = race(lambda i: jobs.claim(f"w{i}", lease_s=60))
+    winners = [claimed.lease_owner or "" for claimed in claims if claimed is not None]
     assert len(winners) == 1
     got = jobs.get(job.id)
     assert got.status == JobStatus.RUNNING and got.lease_owner == winners[0]
@@ -124,21 +112,8 @@ def test_racing_workers_all_join_a_shared_job_which_one_of_them_started(
 ) -> None:
     job = jobs.create(spec())
     assert job.runner == Runner.OPTUNA
-    got: list[str] = []
-    barrier = threading.Barrier(8)
-
-    def race(i: int) -> None:
-        barrier.wait()
-        claimed = jobs.claim(f"w{i}", lease_s=60)
-        if claimed is not None:
-            got.append(claimed.id)
-
-    threads = [threading.Thread(target=race, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert got == [job.id] * 8
+    claims = race(lambda i: jobs.claim(f"w{i}", lease_s=60))
+    assert [claimed.id if claimed is not None else None for claimed in claims] == [job.id] * 8
     running = jobs.get(job.id)
     assert running.status == JobStatus.RUNNING and running.started_at is not None
     # A worker passes over a job it has just found nothing to do in.

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from racing import race
 
 from edgetune.errors import ConflictError, InvalidSpecError, NotFoundError
 from edgetune.storage import (
@@ -106,23 +107,8 @@ def test_a_failed_probe_is_not_a_cached_answer(probes: ProbeRepository, device: 
 
 
 def test_racing_identical_requests_make_one_probe(probes: ProbeRepository, device: Device) -> None:
-    ids: list[str] = []
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(8)
-
-    def race() -> None:
-        barrier.wait()
-        try:
-            ids.append(request(probes, device).id)
-        except BaseException as e:
-            errors.append(e)
-
-    threads = [threading.Thread(target=race) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == [] and len(ids) == 8 and len(set(ids)) == 1
+    ids = race(lambda _: request(probes, device).id)
+    assert len(ids) == 8 and len(set(ids)) == 1
     assert probes.list()[1] == 1
 
 
@@ -173,25 +159,8 @@ def test_racing_agents_never_take_the_same_probe(
     probes: ProbeRepository, device: Device, n_probes: int
 ) -> None:
     queued = {request(probes, device, sha=f"{i:064x}").id for i in range(n_probes)}
-    taken: list[tuple[str, str]] = []
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(8)
-
-    def race(i: int) -> None:
-        barrier.wait()
-        try:
-            probe = probes.lease(device.id, f"agent-{i}", lease_s=60)
-            if probe is not None:
-                taken.append((probe.id, probe.lease_owner or ""))
-        except BaseException as e:
-            errors.append(e)
-
-    threads = [threading.Thread(target=race, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    leased = race(lambda i: probes.lease(device.id, f"agent-{i}", lease_s=60))
+    taken = [(probe.id, probe.lease_owner or "") for probe in leased if probe is not None]
     assert len(taken) == n_probes and {probe_id for probe_id, _ in taken} == queued
     for probe_id, owner in taken:
         got = probes.get(probe_id)
