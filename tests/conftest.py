@@ -2,71 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterator
 
-import httpx
 import pytest
-
-from edgetune.cli import free_port
-
-
-@dataclass
-class RunningServer:
-    url: str
-    data_dir: Path
-    database_url: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def log_tail(self, n: int = 60) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-
-
-def start_server(
-    data_dir: Path, *, workers: int = 1, timeout: float = 90, env: Mapping[str, str] | None = None
-) -> RunningServer:
-    """`edgetune serve` on a free port; `env` adds to (or overrides) this process's variables."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    log = data_dir / "server.log"
-    variables = {**os.environ, "EDGETUNE_LATENCY_MIN_TIME_S": "0.05", **(env or {})}
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "edgetune", "serve", "--port", str(port), "--data-dir",
-             str(data_dir), "--workers", str(workers)],
-            stdout=out, stderr=subprocess.STDOUT, env=variables,
-        )
-    server = RunningServer(
-        url=f"http://127.0.0.1:{port}", data_dir=data_dir,
-        database_url=f"sqlite:///{data_dir.resolve() / 'edgetune.db'}", process=process, log=log,
-    )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log_tail()}")
-        try:
-            if httpx.get(f"{server.url}/api/v1/health", timeout=2).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    stop_server(server)
-    raise RuntimeError(f"server did not start within {timeout} s:\n{server.log_tail()}")
-
-
-def stop_server(server: RunningServer) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(timeout=40)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait(timeout=10)
+from servers import RunningServer, start_server, stop_server
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import RunningServer, start_server, stop_server
+from servers import RunningServer, start_server, stop_server
 from torch import nn
 
 from edgetune.client import Client

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from conftest import RunningServer, start_server, stop_server
+from servers import RunningServer, start_server, stop_server
 
 from edgetune.client import Client
 from edgetune.errors import ConflictError, InvalidSpecError

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import RunningServer, start_server, stop_server
+from servers import RunningServer, start_server, stop_server
 from test_agent import Agents, wait_device
 
 from edgetune.client import Client

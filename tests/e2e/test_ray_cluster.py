@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import start_server, stop_server
+from servers import start_server, stop_server
 
 from edgetune.cli import free_port
 from edgetune.client import Client
