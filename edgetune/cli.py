@@ -79,7 +79,9 @@ def _logging(level: str) -> None:
 # --- running the service -------------------------------------------------------------------
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option(help="Address to listen on (loopback only).")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(
+        envvar="EDGETUNE_HOST",
+        help="Address to listen on; a non-loopback one needs authentication on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     workers: Annotated[int, typer.Option(help="Local worker processes to start.")] = 1,
     api_workers: Annotated[int, typer.Option(
@@ -196,7 +198,10 @@ def dashboard(
                           f"{os.environ.get('PATH', '')}")
     if script is None:
         _fail("optuna-dashboard is not installed; `pip install optuna-dashboard`")
-    console.print(f"optuna-dashboard on http://{host}:{port} reading {url}")
+    from sqlalchemy.engine import make_url
+
+    shown = make_url(url).render_as_string(hide_password=True)  # logs must not hold secrets
+    console.print(f"optuna-dashboard on http://{host}:{port} reading {shown}")
     os.execv(script, [script, url, "--host", host, "--port", str(port)])
 
 
@@ -216,8 +221,10 @@ def agent(
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "info",
 ) -> None:
     """Run a device agent: register this machine, heartbeat, measure its latency probes."""
+    from edgetune.client import local_token
     from edgetune.devices import Agent
 
+    token = token or local_token()
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -232,6 +239,110 @@ def agent(
         runner.run()
     except Exception as e:
         _fail(f"the agent stopped: {e}")
+
+
+# --- operating it ----------------------------------------------------------------------------
+db_app = typer.Typer(no_args_is_help=True, help="The service's database.")
+app.add_typer(db_app, name="db")
+token_app = typer.Typer(no_args_is_help=True, help="API tokens (on the database itself: for "
+                                                    "operators; admins also have /tokens).")
+app.add_typer(token_app, name="token")
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    data_dir: DataDirOpt = None,
+    database_url: DbOpt = None,
+    wait_s: Annotated[float, typer.Option(
+        min=0, help="Wait this long for the database to answer (a starting container).")] = 0,
+) -> None:
+    """Bring the database to the newest schema (Alembic `upgrade head`, Optuna's tables too)."""
+    from edgetune.errors import StorageError
+    from edgetune.storage import open_database
+    from edgetune.storage.migrations import current_revision
+
+    settings = _settings(data_dir=data_dir, database_url=database_url)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            db = open_database(settings.url)
+            break
+        except (StorageError, OSError) as e:
+            _fail(str(e))
+        except Exception as e:  # the driver's "connection refused" while the database starts
+            if time.monotonic() >= deadline:
+                _fail(f"the database did not answer within {wait_s:g} s: {e}")
+            time.sleep(1.0)
+    try:
+        console.print(f"database at revision {current_revision(db.engine)}")
+    finally:
+        db.dispose()
+
+
+ScopeOpt = Annotated[str, typer.Option(help="user, agent or admin.")]
+
+
+@token_app.command("create")
+def token_create(
+    tenant: Annotated[str, typer.Option(help="The tenant the token acts for.")] = "default",
+    scope: ScopeOpt = "user",
+    name: Annotated[str, typer.Option(help="What the token is for.")] = "",
+    token: Annotated[str | None, typer.Option(
+        envvar="EDGETUNE_NEW_TOKEN",
+        help="Install this secret (32-256 characters) instead of generating one; installing it "
+             "again changes nothing.")] = None,
+    data_dir: DataDirOpt = None,
+    database_url: DbOpt = None,
+) -> None:
+    """Create a token and print its secret (shown this once)."""
+    from edgetune.storage import TokenRepository, open_database
+
+    settings = _settings(data_dir=data_dir, database_url=database_url)
+    db = open_database(settings.url)
+    try:
+        row, secret = TokenRepository(db).create(tenant=tenant, scope=scope, name=name,
+                                                 token=token)
+    except (ValueError, EdgetuneError) as e:
+        _fail(str(e))
+    finally:
+        db.dispose()
+    err_console.print(f"token {row.id}: tenant {row.tenant}, scope {row.scope}")
+    if token is None:
+        print(secret)  # stdout holds the secret alone, for `TOKEN=$(edgetune token create)`
+
+
+@token_app.command("list")
+def token_list(data_dir: DataDirOpt = None, database_url: DbOpt = None,
+               tenant: Annotated[str | None, typer.Option(help="Only this tenant's.")] = None,
+               ) -> None:
+    """Every token (never its secret)."""
+    from edgetune.storage import TokenRepository, open_database
+
+    db = open_database(_settings(data_dir=data_dir, database_url=database_url).url)
+    try:
+        rows = TokenRepository(db).list(tenant=tenant)
+    finally:
+        db.dispose()
+    table = Table("id", "tenant", "scope", "name", "created", "revoked")
+    for r in rows:
+        table.add_row(r.id, r.tenant, r.scope, r.name, f"{r.created_at:%Y-%m-%d %H:%M}",
+                      f"{r.revoked_at:%Y-%m-%d %H:%M}" if r.revoked_at else "")
+    console.print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: str, data_dir: DataDirOpt = None, database_url: DbOpt = None) -> None:
+    """Revoke a token; API processes refuse it within seconds."""
+    from edgetune.storage import TokenRepository, open_database
+
+    db = open_database(_settings(data_dir=data_dir, database_url=database_url).url)
+    try:
+        TokenRepository(db).revoke(token_id)
+    except EdgetuneError as e:
+        _fail(str(e))
+    finally:
+        db.dispose()
+    console.print(f"revoked {token_id}")
 
 
 # --- using it --------------------------------------------------------------------------------
@@ -252,10 +363,10 @@ def load_spec_file(path: Path) -> JobSpec:
         _fail(f"{path}: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}")
 
 
-def _client(server: str) -> Any:
-    from edgetune.client import Client
+def _client(server: str, data_dir: Path | None = None) -> Any:
+    from edgetune.client import Client, local_token
 
-    return Client(server)
+    return Client(server, token=local_token(data_dir))
 
 
 @app.command()
@@ -418,6 +529,8 @@ def demo(
     try:
         with _client(server) as client:
             wait_for_server(client, process, timeout=120)
+        # The server wrote its local token into the data directory as it started.
+        with _client(server, data_dir) as client:
             job = _call(client.submit, spec)
             console.print(f"submitted [bold]{spec.name}[/bold]: job {job.id}, "
                           f"study {job.study_name}")

@@ -25,6 +25,14 @@ class ConflictError(EdgetuneError):
     """The resource is in a state that does not allow the operation (e.g. cancel a finished job)."""
 
 
+class AuthenticationError(EdgetuneError):
+    """The request carries no token, or one that is unknown or revoked: send a valid token."""
+
+
+class PermissionDeniedError(EdgetuneError):
+    """The token is valid but its scope does not allow the operation: use another token."""
+
+
 class MissingDependencyError(EdgetuneError, ImportError):
     """An optional dependency is not installed; the message names the extra that provides it."""
 
@@ -39,6 +47,14 @@ class MissingDependencyError(EdgetuneError, ImportError):
 # --- retry ---------------------------------------------------------------------------------
 class StorageError(EdgetuneError):
     """The database failed; wraps the driver's error once. Usually worth retrying."""
+
+
+class RateLimitedError(EdgetuneError):
+    """The token made too many requests; retry after `retry_after_s` seconds."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(f"too many requests; retry after {retry_after_s:.1f} s")
+        self.retry_after_s = retry_after_s
 
 
 # --- give up on this trial -----------------------------------------------------------------

@@ -315,6 +315,38 @@ class PredictorPublic(BaseModel):
                                                "p50; null when either is constant.")
 
 
+# --- tokens --------------------------------------------------------------------------------
+ScopeName = Literal["user", "agent", "admin"]
+
+
+class TokenCreate(BaseModel):
+    """A new token of the caller's tenant."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scope: ScopeName = Field(description="user: searches; agent: a device's agent; admin: both, "
+                                         "and tokens.")
+    name: str = Field(default="", max_length=128, description="What the token is for.")
+
+
+class TokenPublic(BaseModel):
+    id: str
+    tenant: str
+    scope: ScopeName
+    name: str
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+
+class TokenCreated(TokenPublic):
+    token: str = Field(description="The secret: shown this once, stored only as a hash.")
+
+
+class TokensPublic(BaseModel):
+    data: list[TokenPublic]
+    count: int
+
+
 class HealthPublic(BaseModel):
     status: Literal["ok"]
     version: str

@@ -6,7 +6,7 @@ import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
@@ -64,6 +64,25 @@ class Settings(BaseSettings):
         description="How long a trial waits for a registered device to measure its model "
                     "before it fails with the reason.",
     )
+    auth: bool = Field(
+        default=True,
+        description="Require a bearer token on every route but /health; off is allowed on "
+                    "loopback addresses in development only.",
+    )
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="A secret the server installs at start as an admin token of tenant "
+                    "`default` (deployments set it from a secret store).",
+    )
+    rate_limit_per_s: float = Field(
+        default=100.0, ge=0, le=1_000_000,
+        description="Requests per second one token may make to one API process (a token "
+                    "bucket); 0 turns rate limiting off.",
+    )
+    rate_limit_burst: int = Field(
+        default=400, ge=1, le=1_000_000,
+        description="How many requests a token may make at once before the rate applies.",
+    )
     ray_address: str | None = Field(
         default=None,
         description="Ray cluster for jobs on the ray backend: `host:6379` (its GCS; this "
@@ -73,14 +92,21 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:
-        # There is no authentication yet: the API must stay on this machine.
-        if not is_loopback(self.host):
+        if not self.auth and not is_loopback(self.host):
             raise ValueError(
-                f"host is {self.host!r}, but edgetune has no authentication yet and listens "
-                "on loopback addresses only (127.0.0.1, ::1, localhost)"
+                f"host is {self.host!r}, but authentication is off (EDGETUNE_AUTH=false): "
+                "without it edgetune listens on loopback addresses only (127.0.0.1, ::1, "
+                "localhost)"
             )
-        if self.env == "production" and self.database_url is None:
-            raise ValueError("in production, set EDGETUNE_DATABASE_URL explicitly")
+        if self.env == "production":
+            if self.database_url is None:
+                raise ValueError("in production, set EDGETUNE_DATABASE_URL explicitly")
+            if not self.auth:
+                raise ValueError("in production, authentication cannot be turned off")
+        if self.admin_token is not None:
+            secret = self.admin_token.get_secret_value()
+            if not 32 <= len(secret) <= 256 or any(c.isspace() for c in secret):
+                raise ValueError("admin_token must be 32-256 characters without spaces")
         return self
 
     @property
@@ -92,6 +118,11 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.resolved_data_dir / 'edgetune.db'}"
+
+    @property
+    def token_file(self) -> Path:
+        """Where a development server writes the token the SDK and CLI pick up."""
+        return self.resolved_data_dir / "token"
 
     @property
     def artifact_dir(self) -> Path:

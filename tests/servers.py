@@ -17,6 +17,14 @@ import httpx
 
 from edgetune.cli import free_port
 
+#: The admin token of tenant `default` that test servers install (see tests/conftest.py).
+TEST_TOKEN = "et_test_admin_0123456789abcdef0123456789abcdef"
+
+
+def auth_headers(token: str = TEST_TOKEN) -> dict[str, str]:
+    """Headers for a raw httpx or TestClient request."""
+    return {"Authorization": f"Bearer {token}"}
+
 
 @dataclass
 class RunningServer:
@@ -28,6 +36,16 @@ class RunningServer:
 
     def log_tail(self, n: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+
+def create_token(server: RunningServer, *, scope: str, tenant: str = "default") -> str:
+    """A new token on the server's database, through `edgetune token create`."""
+    done = subprocess.run(
+        [sys.executable, "-m", "edgetune", "token", "create", "--tenant", tenant, "--scope",
+         scope, "--database-url", server.database_url],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    return done.stdout.strip()
 
 
 def start_server(

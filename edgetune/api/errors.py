@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from edgetune.errors import (
+    AuthenticationError,
     ConflictError,
     InvalidSpecError,
     MissingDependencyError,
     NotFoundError,
+    PermissionDeniedError,
+    RateLimitedError,
     StorageError,
 )
 
@@ -38,6 +42,20 @@ def install_error_handlers(app: FastAPI) -> None:
         loc += [int(p) if p.isdigit() else p for p in exc.field.split(".") if p]
         detail = [{"loc": loc, "msg": exc.message, "type": "value_error"}]
         return JSONResponse(status_code=422, content={"detail": detail})
+
+    @app.exception_handler(AuthenticationError)
+    async def unauthenticated(_request: Request, exc: AuthenticationError) -> JSONResponse:
+        return JSONResponse(status_code=401, content={"detail": str(exc)},
+                            headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(PermissionDeniedError)
+    async def forbidden(_request: Request, exc: PermissionDeniedError) -> JSONResponse:
+        return JSONResponse(status_code=403, content={"detail": str(exc)})
+
+    @app.exception_handler(RateLimitedError)
+    async def rate_limited(_request: Request, exc: RateLimitedError) -> JSONResponse:
+        return JSONResponse(status_code=429, content={"detail": str(exc)},
+                            headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))})
 
     @app.exception_handler(NotFoundError)
     async def not_found(_request: Request, exc: NotFoundError) -> JSONResponse:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edgetune import __version__
+from edgetune.api.auth import Authenticator, install_tokens
 from edgetune.api.errors import install_error_handlers
-from edgetune.api.routes import artifacts, ask_tell, devices, health, jobs, probes
+from edgetune.api.routes import artifacts, ask_tell, devices, health, jobs, probes, tokens
 from edgetune.devices.predictor import PredictorCache
+from edgetune.schemas import ErrorPublic
 from edgetune.search.ask_tell import AskTellStudies
 from edgetune.search.front import FrontView
 from edgetune.settings import Settings
@@ -27,6 +30,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.db = open_database(settings.url)
+        install_tokens(app.state.db, settings)
+        app.state.auth = Authenticator(app.state.db, settings)
         app.state.front = FrontView(app.state.db)
         app.state.predictors = PredictorCache()
         app.state.ask_tell = AskTellStudies(
@@ -51,14 +56,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
 
     api = APIRouter(prefix=API_PREFIX)
-    api.include_router(health.router)
-    api.include_router(jobs.router)
-    api.include_router(ask_tell.router)
-    api.include_router(artifacts.router)
-    api.include_router(devices.router)
-    api.include_router(probes.router)
+    api.include_router(health.router)  # the one route without a token: for health checks
+    for router in (jobs.router, ask_tell.router, artifacts.router, devices.router,
+                   probes.router, tokens.router):
+        api.include_router(router, responses=AUTH_RESPONSES)
     app.include_router(api)
     return app
+
+
+#: What every route but /health may answer besides its own responses.
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorPublic, "description": "No token, or an unknown or revoked one."},
+    403: {"model": ErrorPublic, "description": "The token's scope does not allow this."},
+    413: {"model": ErrorPublic, "description": "The request body is over the size cap."},
+    429: {"model": ErrorPublic, "description": "Too many requests from this token; see "
+                                               "Retry-After."},
+}
 
 
 class _TooLarge(Exception):

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from edgetune.client._client import APIError, AskedTrial, Client
+from edgetune.client._client import APIError, AskedTrial, Client, local_token
 
-__all__ = ["APIError", "AskedTrial", "Client"]
+__all__ = ["APIError", "AskedTrial", "Client", "local_token"]

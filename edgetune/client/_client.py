@@ -15,7 +15,15 @@ from typing import Any, NoReturn
 
 import httpx
 
-from edgetune.errors import ConflictError, EdgetuneError, InvalidSpecError, NotFoundError
+from edgetune.errors import (
+    AuthenticationError,
+    ConflictError,
+    EdgetuneError,
+    InvalidSpecError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitedError,
+)
 from edgetune.schemas import (
     AskedTrialPublic,
     DevicePublic,
@@ -34,6 +42,23 @@ from edgetune.schemas import (
 from edgetune.spec import JobSpec
 
 FINISHED = ("succeeded", "failed", "cancelled")
+#: How often a request answered 429 (rate limited) or 503 (database unavailable) is sent again,
+#: after the Retry-After the server gave.
+RETRIES = 3
+MAX_RETRY_AFTER_S = 30.0
+
+
+def local_token(data_dir: str | Path | None = None) -> str | None:
+    """The token a client sends when none is given: `EDGETUNE_TOKEN`, else the one a local
+    development server wrote into its data directory (`EDGETUNE_DATA_DIR`, default
+    `./edgetune-data`)."""
+    if token := os.environ.get("EDGETUNE_TOKEN"):
+        return token.strip()
+    directory = Path(data_dir or os.environ.get("EDGETUNE_DATA_DIR") or "edgetune-data")
+    try:
+        return (directory.expanduser() / "token").read_text().strip() or None
+    except OSError:
+        return None
 
 
 class APIError(EdgetuneError):
@@ -46,11 +71,15 @@ class APIError(EdgetuneError):
 
 
 class Client:
-    """`Client("http://127.0.0.1:8000")`; use as a context manager or call `close()`."""
+    """`Client("http://127.0.0.1:8000")`; use as a context manager or call `close()`.
+
+    Without `token`, it sends `local_token()`: `EDGETUNE_TOKEN`, or a local server's token.
+    """
 
     def __init__(self, base_url: str, *, token: str | None = None, timeout: float = 30.0) -> None:
         #: Who this client is to ask/tell jobs: asks are idempotent per client id.
         self.client_id = f"{socket.gethostname()[:60]}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        token = token or local_token()
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(
             base_url=base_url.rstrip("/") + "/api/v1", headers=headers, timeout=timeout
@@ -66,10 +95,17 @@ class Client:
         self._http.close()
 
     # --- jobs ------------------------------------------------------------------------------
-    def submit(self, spec: JobSpec | Mapping[str, Any]) -> JobPublic:
-        """Queue a search; raises `InvalidSpecError` naming the field when the server refuses."""
+    def submit(
+        self, spec: JobSpec | Mapping[str, Any], *, idempotency_key: str | None = None
+    ) -> JobPublic:
+        """Queue a search; raises `InvalidSpecError` naming the field when the server refuses.
+        The submission carries an idempotency key (a new one unless given), so that a retry
+        after a lost answer returns the first job instead of queueing a second."""
         body = spec.model_dump(mode="json") if isinstance(spec, JobSpec) else dict(spec)
-        return JobPublic.model_validate(self._request("POST", "/jobs", json=body))
+        headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
+        return JobPublic.model_validate(
+            self._request("POST", "/jobs", json=body, headers=headers, retry_transport=True)
+        )
 
     def get(self, job_id: str) -> JobPublic:
         return JobPublic.model_validate(self._request("GET", f"/jobs/{job_id}"))
@@ -314,10 +350,23 @@ class Client:
             time.sleep(poll_interval)
 
     # --- transport -------------------------------------------------------------------------
-    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self._http.request(method, path, **kwargs)
-        if response.is_success:
-            return response.json()
+    def _request(self, method: str, path: str, *, retry_transport: bool = False,
+                 **kwargs: Any) -> Any:
+        """Send; again after Retry-After when rate limited (429) or the database is down
+        (503), and, for idempotent calls (`retry_transport`), when the connection failed."""
+        for attempt in range(RETRIES + 1):
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TransportError:
+                if not retry_transport or attempt == RETRIES:
+                    raise
+                time.sleep(0.5 * 2**attempt)
+                continue
+            if response.is_success:
+                return response.json()
+            if response.status_code not in (429, 503) or attempt == RETRIES:
+                break
+            time.sleep(_retry_after(response))
         self._raise(response)
 
     @staticmethod
@@ -331,11 +380,25 @@ class Client:
             first = detail[0]
             loc = [str(p) for p in first.get("loc", []) if p != "body"]
             raise InvalidSpecError(".".join(loc), str(first.get("msg")))
+        if response.status_code == 401:
+            raise AuthenticationError(f"{detail} (give the client a token, or set "
+                                      "EDGETUNE_TOKEN)")
+        if response.status_code == 403:
+            raise PermissionDeniedError(str(detail))
+        if response.status_code == 429:
+            raise RateLimitedError(_retry_after(response))
         if response.status_code == 404:
             raise NotFoundError(str(detail))
         if response.status_code == 409:
             raise ConflictError(str(detail))
         raise APIError(response.status_code, detail)
+
+
+def _retry_after(response: httpx.Response) -> float:
+    try:
+        return min(MAX_RETRY_AFTER_S, max(0.0, float(response.headers.get("Retry-After", 1))))
+    except ValueError:
+        return 1.0
 
 
 class AskedTrial:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetune.devices.runtimes import get_runtime
+from edgetune.devices.runtimes import DEVICES, AcceleratorUnavailableError, get_runtime
 from edgetune.errors import MissingDependencyError, TrialFailed
 
 __all__ = ["LatencyResult", "MeasureConfig", "measure_latency"]
@@ -25,15 +25,22 @@ _MIN_SAMPLES = 3
 @dataclass(frozen=True)
 class MeasureConfig:
     """How to measure: timed runs repeat until both `min_repeats` and `min_time_s` are
-    reached, or `max_time_s` has passed (after at least three runs)."""
+    reached, or `max_time_s` has passed (after at least three runs). `device` is what the model
+    computes on: `"cpu"` (the default), or `"cuda"`, the first CUDA GPU, which is used only
+    when it is there (`measure_latency` raises `AcceleratorUnavailableError` otherwise, rather
+    than report a CPU time as the GPU's). `threads` sets the host threads either way."""
 
     threads: int = 1
     warmup: int = 10
     min_repeats: int = 30
     min_time_s: float = 0.2
     max_time_s: float = 10.0
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ValueError(f"The value of `device` is {self.device!r}, but must be one of "
+                             f"{', '.join(map(repr, DEVICES))}.")
         _check_at_least("threads", self.threads, 1)
         _check_at_least("warmup", self.warmup, 0)
         _check_at_least("min_repeats", self.min_repeats, 1)
@@ -59,6 +66,8 @@ class LatencyResult:
     mean_ms: float
     std_ms: float
     n: int
+    #: What the model computed on: "cpu" or "cuda".
+    device: str = "cpu"
 
     def as_dict(self) -> dict[str, float | int | str]:
         """The fields as a JSON-ready dict, e.g. for a trial's user attributes."""
@@ -75,15 +84,19 @@ def measure_latency(
     """Time `config.warmup` untimed then repeated timed runs of the artifact with `runtime`.
 
     `input_shape` includes the batch dimension the model was exported with, e.g.
-    `(1, 1, 28, 28)`; the input is fixed float32 noise. Raises `ValueError` for an unknown
-    runtime or a bad shape, and `TrialFailed` when the runtime cannot load or run the model.
+    `(1, 1, 28, 28)`; the input is fixed float32 noise. On `config.device="cuda"` the input
+    is copied to the GPU once and every run waits for the GPU, so each time is a whole
+    inference. Raises `ValueError` for an unknown runtime, a device the runtime does not
+    support or a bad shape, `AcceleratorUnavailableError` (a `ValueError`) when the device is
+    "cuda" and no usable GPU is there, and `TrialFailed` when the runtime cannot load or run
+    the model.
     """
     shape = tuple(int(d) for d in input_shape)
     if not shape or any(d < 1 for d in shape):
         raise ValueError(
             f"The value of `input_shape` is {shape}, but must be non-empty with sizes >= 1."
         )
-    engine = get_runtime(runtime)
+    engine = get_runtime(runtime, device=config.device)
     inputs = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
 
     try:
@@ -91,8 +104,8 @@ def measure_latency(
         for _ in range(config.warmup):
             engine.run_once(inputs)
         samples_ns = _time_runs(engine.run_once, inputs, config)
-    except MissingDependencyError:
-        raise  # the install needs fixing, not the trial
+    except (MissingDependencyError, AcceleratorUnavailableError):
+        raise  # the install or the request needs fixing, not the trial
     except Exception as e:
         raise TrialFailed(
             f"runtime {runtime!r} failed on {Path(artifact_path).name}: {type(e).__name__}: {e}"
@@ -115,6 +128,7 @@ def measure_latency(
         mean_ms=float(ms.mean()),
         std_ms=float(ms.std(ddof=1)) if ms.size > 1 else 0.0,
         n=int(ms.size),
+        device=config.device,
     )
     logger.debug("latency of %s: %s", Path(artifact_path).name, result)
     return result

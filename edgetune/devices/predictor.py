@@ -1,6 +1,6 @@
 """Latency predictors: a model of one device's latency fitted on its probe history, from features
-of the exported ONNX graph (operator counts, FLOPs, parameters, tensor sizes), to screen
-candidates before measuring them."""
+of the exported ONNX graph (operator counts, FLOPs, parameters, tensor sizes, and the same per
+kind of kernel), to screen candidates before measuring them."""
 
 from __future__ import annotations
 
@@ -23,8 +23,9 @@ __all__ = [
 
 #: Fewer measurements than this fit nothing worth reporting (nor cross-validate in 4 folds).
 MIN_PROBES = 8
-#: `additive`: latency as a non-negative sum of per-operator overheads, FLOPs and tensor
-#: traffic, fitted for relative error; `log-ridge`: ridge on log features to log latency.
+#: `additive`: latency as a fixed cost plus a non-negative sum of per-kernel costs (counts,
+#: MACs and tensor sizes per kind of kernel), fitted for relative error; `log-ridge`: ridge on
+#: log features to log latency.
 PREDICTOR_KINDS = ("additive", "log-ridge")
 _FORMAT_VERSION = 1
 #: Weight input of the convolution-like and matrix-product-like operators (their data input is
@@ -35,11 +36,19 @@ _GEMM = ("Gemm",)
 #: Features that describe the work, as opposed to operator counts (`op:*`).
 _WORK_FEATURES = (
     "conv_macs", "dwconv_macs", "matmul_macs", "macs", "flops", "params", "activations",
-    "input_size", "conv_traffic", "dwconv_traffic", "nodes",
+    "input_size", "conv_traffic", "dwconv_traffic", "nodes", "kernels",
 )
-#: Of the features, those the additive model fits: each is work whose time adds up.
-_ADDITIVE_PREFIXES = ("op:",)
-_ADDITIVE_FEATURES = ("conv_macs", "dwconv_macs", "matmul_macs", "activations",
+#: Operators that cost nothing at run time: graph optimizers fold or drop them.
+_FREE_OPS = frozenset({"Constant", "Identity"})
+#: The widest common SIMD block in fp32 lanes (AVX-512; onnxruntime's NCHWc layout): a kernel
+#: computes on channels rounded up to it, and a tensor whose channels are not a multiple of it
+#: leaves the blocked layout (a reorder). A device with narrower vectors puts its weight on the
+#: unpadded features instead.
+_SIMD_CHANNELS = 16
+#: Of the features, those the additive model fits: each is work whose time adds up. The
+#: graph-wide sums stay beside the per-kernel ones for callers that bring only those.
+_ADDITIVE_PREFIXES = ("op:", "op_out:", "kernel:")
+_ADDITIVE_FEATURES = ("kernels", "conv_macs", "dwconv_macs", "matmul_macs", "activations",
                       "conv_traffic", "dwconv_traffic", "params")
 
 
@@ -52,8 +61,20 @@ def graph_features(onnx_path: str | Path) -> dict[str, float]:
     `flops` twice it; `params` counts initializer elements, `activations` the elements of
     every node output, `input_size` those of the graph inputs, `conv_traffic` and
     `dwconv_traffic` the elements a convolution reads and writes (input, weight, output), and
-    `nodes` the operators. Shapes come from ONNX shape inference, so the graph's input shape
-    must be static (our exports fix it). Raises `ValueError` for a file ONNX cannot read.
+    `nodes` the operators.
+
+    Kernel-level features, as nn-Meter predicts latency per kernel and sums: `kernels` counts
+    the operators that run (not `Constant` or `Identity`), each one a fixed dispatch cost;
+    `kernel:<kind>:count`, `:macs`, `:in` (input elements) and `:out` (output elements) per
+    kind of convolution (`conv` k x k, `pwconv` 1 x 1, `dwconv` depthwise, `fcconv` on a 1 x 1
+    map, as in squeeze-excitation, which is a matrix-vector product), the same
+    MACs and outputs with channels rounded up to the SIMD block (`:macs_c16`, `:out_c16`),
+    `kernel:unaligned_c16:count` and `:elements` for convolution outputs whose channels are
+    not a multiple of it, `kernel:matmul:count` and `:macs` for Gemm and MatMul, and
+    `op_out:<type>` the output elements of every other operator type.
+
+    Shapes come from ONNX shape inference, so the graph's input shape must be static (our
+    exports fix it). Raises `ValueError` for a file ONNX cannot read.
     """
     import onnx
 
@@ -82,31 +103,79 @@ def graph_features(onnx_path: str | Path) -> dict[str, float]:
         features[f"op:{op}"] = features.get(f"op:{op}", 0.0) + 1
         features["nodes"] += 1
         features["activations"] += sum(_numel(shapes.get(out, [])) for out in node.output)
+        if op not in _FREE_OPS:
+            features["kernels"] += 1
         if op in _CONV_WEIGHT:
             weight = shapes.get(node.input[_CONV_WEIGHT[op]], [])
             out = shapes.get(node.output[0], [])
-            if len(weight) < 3 or not out:
+            if len(weight) < 3 or len(out) < 3:
                 continue
+            data = shapes.get(node.input[0], [])
             # Each output element takes (in channels per group) x (kernel) MACs.
             macs = _numel(out) * _numel(weight[1:])
-            traffic = _numel(shapes.get(node.input[0], [])) + _numel(weight) + _numel(out)
-            if _attribute(node, "group", 1) > 1 and weight[1] == 1:
+            traffic = _numel(data) + _numel(weight) + _numel(out)
+            depthwise = _attribute(node, "group", 1) > 1 and weight[1] == 1
+            if depthwise:
                 features["dwconv_macs"] += macs
                 features["dwconv_traffic"] += traffic
             else:
                 features["conv_macs"] += macs
                 features["conv_traffic"] += traffic
+            _add_conv_kernel(features, weight, out, data, depthwise=depthwise)
         elif op in _MATMUL_INPUTS or op in _GEMM:
             a = shapes.get(node.input[0], [])
             out = shapes.get(node.output[0], [])
+            features["kernel:matmul:count"] = features.get("kernel:matmul:count", 0.0) + 1
             if not a or not out:
                 continue
             # The shared dimension: A's last, or its first for a transposed Gemm input.
             k = a[0] if op in _GEMM and _attribute(node, "transA", 0) and len(a) == 2 else a[-1]
             features["matmul_macs"] += _numel(out) * k
+            features["kernel:matmul:macs"] = (features.get("kernel:matmul:macs", 0.0)
+                                              + _numel(out) * k)
+        elif op not in _FREE_OPS and node.output:
+            key = f"op_out:{op}"
+            features[key] = features.get(key, 0.0) + _numel(shapes.get(node.output[0], []))
     features["macs"] = features["conv_macs"] + features["dwconv_macs"] + features["matmul_macs"]
     features["flops"] = 2 * features["macs"]
     return features
+
+
+def _add_conv_kernel(features: dict[str, float], weight: Sequence[int], out: Sequence[int],
+                     data: Sequence[int], *, depthwise: bool) -> None:
+    """Add one convolution's kernel-level features (see `graph_features`). The kinds are kept
+    apart because a device runs them with different code at a different cost per MAC."""
+    kernel_size = _numel(weight[2:])
+    spatial = _numel(out[2:])
+    if depthwise:
+        kind = "dwconv"
+    elif all(d == 1 for d in out[2:]):
+        kind = "fcconv"
+    elif kernel_size == 1:
+        kind = "pwconv"
+    else:
+        kind = "conv"
+    out_channels, in_per_group = weight[0], weight[1]
+    padded_out = _round_up(out_channels, _SIMD_CHANNELS)
+    # A depthwise kernel computes one padded channel per output; the others a padded block of
+    # inputs for each padded output channel.
+    padded_in = 1 if depthwise else _round_up(in_per_group, _SIMD_CHANNELS)
+    values = {
+        "count": 1, "macs": _numel(out) * _numel(weight[1:]), "in": _numel(data),
+        "out": _numel(out), "macs_c16": out[0] * padded_out * padded_in * kernel_size * spatial,
+        "out_c16": out[0] * padded_out * spatial,
+    }
+    for name, value in values.items():
+        key = f"kernel:{kind}:{name}"
+        features[key] = features.get(key, 0.0) + value
+    if out_channels % _SIMD_CHANNELS:
+        for name, value in (("count", 1), ("elements", _numel(out))):
+            key = f"kernel:unaligned_c16:{name}"
+            features[key] = features.get(key, 0.0) + value
+
+
+def _round_up(n: int, block: int) -> int:
+    return -(-n // block) * block
 
 
 def _numel(shape: Sequence[int]) -> int:
@@ -124,12 +193,15 @@ class LatencyPredictor:
     """Predicts a device's p50 latency (ms) from `graph_features` (plus any numbers the caller
     adds, such as `threads`), fitted on that device's measurements.
 
-    `additive` (the default) models latency as a non-negative weighted sum of the features
-    whose time adds up on a CPU (operator counts as per-kernel overheads, MACs of each kind,
-    tensor traffic), fitted to minimise relative error; it extrapolates to larger models the
-    way a device does. `log-ridge` fits log latency on log features; it follows curvature
-    better but extrapolates worse. Unknown features at prediction time are ignored; features
-    missing there count as 0.
+    `additive` (the default) models latency as a fixed cost plus a non-negative weighted sum
+    of the features whose time adds up on a device: the kernel-level ones of `graph_features`
+    (per kind of convolution its count, MACs, SIMD-padded MACs and tensor sizes; the kernels
+    that run; operator counts and outputs), fitted to minimise relative error. It is
+    nn-Meter's sum of per-kernel latencies, with the costs per kernel kind learnt from whole
+    models' measurements, and it extrapolates to larger models the way a device does.
+    `log-ridge` fits log latency on all the features' logs; it follows curvature better but
+    extrapolates worse. Unknown features at prediction time are ignored; features missing
+    there count as 0.
     """
 
     def __init__(self, *, kind: str = "additive", alpha: float = 1.0) -> None:
@@ -179,19 +251,27 @@ class LatencyPredictor:
         return self
 
     def _fit_additive(self, x: np.ndarray, y: np.ndarray) -> None:
-        from sklearn.linear_model import LinearRegression
+        from scipy.optimize import lsq_linear, nnls
 
         # Scaled so that the non-negative fit treats features of any magnitude alike; centred
-        # nowhere, since a feature at 0 must cost 0 ms. Weights 1/y^2 make the squared error
-        # a squared relative error, the ±10% the predictor is judged by.
+        # nowhere, since a feature at 0 must cost 0 ms. The fixed cost is one more
+        # non-negative weight (on a column of ones), not a free intercept: with a feature that
+        # is the same in every model (one stem, one classifier) a free intercept can go
+        # negative, and clipping it afterwards would shift every prediction. Rows divided by
+        # y make the squared error a squared relative error, the ±10% the predictor is judged
+        # by.
         scale = np.abs(x).max(axis=0)
         scale[scale == 0] = 1.0
-        regression = LinearRegression(positive=True)
-        regression.fit(x / scale, y, sample_weight=1.0 / y**2)
+        design = np.hstack([x / scale, np.ones((len(y), 1))]) / y[:, None]
+        target = np.ones(len(y))
+        try:
+            weights, _ = nnls(design, target, maxiter=50 * design.shape[1])
+        except RuntimeError:  # out of iterations on a badly conditioned design: slower, sure
+            weights = lsq_linear(design, target, bounds=(0.0, np.inf)).x
         self._center = np.zeros(x.shape[1])
         self._scale = scale
-        self._coef = np.asarray(regression.coef_, dtype=float)
-        self._intercept = max(0.0, float(regression.intercept_))
+        self._coef = np.asarray(weights[:-1], dtype=float)
+        self._intercept = float(weights[-1])
 
     def _fit_log_ridge(self, x: np.ndarray, y: np.ndarray) -> None:
         from sklearn.linear_model import Ridge

@@ -10,6 +10,7 @@ from the start: a client that goes silent has its trial failed and asked again.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -20,6 +21,7 @@ from typing import Any, Literal
 
 import optuna
 from optuna.trial import TrialState
+from sqlalchemy import text
 
 from edgetune.errors import ConflictError, InvalidSpecError, NotFoundError
 from edgetune.search.backends.optuna import (
@@ -94,7 +96,7 @@ class AskTellStudies:
                     if time.monotonic() - js.reaped_at >= self.heartbeat_s:
                         fail_dead_trials(js.study, js.storage)
                         js.reaped_at = time.monotonic()
-                    used = BudgetState.of(js.study)
+                    used = BudgetState.of(js.study, js.storage)
                     if not used.may_ask(js.n_trials, js.spec.budget.parallelism):
                         raise ConflictError(_why_not(used, js))
                     trial_id = new_trial_id(js.study, js.storage)
@@ -155,10 +157,17 @@ class AskTellStudies:
 
     @staticmethod
     def _client_trial_id(js: _JobStudy, client_id: str) -> int | None:
-        for t in js.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t.system_attrs.get(CLIENT_KEY) == client_id:
-                return t._trial_id
-        return None
+        # In SQL, not through `study.get_trials`, which rebuilds every running trial: this runs
+        # under the job's lock (see `BudgetState.of`).
+        with js.storage.engine.connect() as conn:
+            return conn.execute(
+                text("SELECT t.trial_id FROM trials t JOIN trial_system_attributes a "
+                     "ON a.trial_id = t.trial_id WHERE t.study_id = :study "
+                     "AND t.state = 'RUNNING' AND a.key = :key AND a.value_json = :value "
+                     "ORDER BY t.trial_id LIMIT 1"),
+                {"study": js.study._study_id, "key": CLIENT_KEY,
+                 "value": json.dumps(client_id)},
+            ).scalar()
 
     @staticmethod
     def _trial_id(js: _JobStudy, job: Job, number: int) -> int:
@@ -175,7 +184,7 @@ class AskTellStudies:
         return trial_id
 
     def _end_job_if_done(self, js: _JobStudy, job: Job) -> None:
-        used = BudgetState.of(js.study)
+        used = BudgetState.of(js.study, js.storage)
         if used.running or used.may_ask(js.n_trials, js.spec.budget.parallelism):
             return
         outcome = job_outcome(js.study, n_trials=js.n_trials, timed_out=False)

@@ -15,7 +15,6 @@ from edgetune.devices.predictor import MIN_PROBES, PREDICTOR_KINDS
 from edgetune.errors import EdgetuneError
 from edgetune.spec import LOCAL_DEVICE
 from edgetune.storage import (
-    DEFAULT_TENANT,
     Database,
     Device,
     DeviceRepository,
@@ -86,7 +85,7 @@ def fit_device_predictor(
 def measure_on_devices(
     devices: Sequence[str], artifact: Artifact, input_shape: Sequence[int], *,
     latency: MeasureConfig, storage_url: str, timeout_s: float,
-    predicted: Collection[str] = (), tenant: str = DEFAULT_TENANT,
+    predicted: Collection[str] = (), tenant: str,
 ) -> dict[str, dict[str, Any]]:
     """{device: its measurement (p50_ms, p90_ms, mean_ms, std_ms, n, ... and `source`)}.
 

@@ -8,6 +8,9 @@ child touches the study only to report intermediate values when a pruner needs t
 from __future__ import annotations
 
 import logging
+import os
+import select
+import threading
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -51,10 +54,12 @@ class TrialTask:
     report_to_pruner: bool
     latency: MeasureConfig
     probe_timeout_s: float  # how long a registered device may take to measure
+    tenant: str  # the job's: whose devices measure it
 
 
 def run_trial_process(task: TrialTask, conn: Any) -> None:
     """The child's entry point: sends one result dict through `conn`, whatever happens."""
+    _exit_with_worker(conn)
     try:
         result = _run(task)
     except TrialPruned as e:
@@ -71,20 +76,47 @@ def run_trial_process(task: TrialTask, conn: Any) -> None:
     conn.close()
 
 
+def warm_up() -> None:
+    """Does nothing: a worker starts it first, so that the fork server has imported `PRELOAD`
+    before the worker's first trial."""
+
+
+def _exit_with_worker(conn: Any) -> None:
+    """End this child as soon as its worker is gone (killed: SIGKILL, the OOM killer), which
+    can no longer kill it. Its parent is the fork server, not the worker, and the fork server
+    lives on while it has children: without this, an orphaned trial would train to its end,
+    beside the trial that runs again in its place. The worker holds the only reading end of
+    `conn`, a pipe, and the kernel flags the writing end (POLLERR) once no reader is left."""
+    if not hasattr(select, "poll"):  # pragma: no cover - Linux and macOS have poll
+        return
+
+    def watch() -> None:
+        poller = select.poll()
+        poller.register(conn.fileno(), 0)  # POLLERR and POLLHUP are reported unasked
+        while True:
+            for _fd, events in poller.poll():
+                if events & select.POLLNVAL:
+                    return  # this process sent its result and closed `conn`
+                if events & (select.POLLERR | select.POLLHUP):
+                    os._exit(1)
+
+    threading.Thread(target=watch, name="worker-watch", daemon=True).start()
+
+
 def _run(task: TrialTask) -> dict[str, Any]:
     spec = JobSpec.model_validate_json(task.spec_json)
     report = _reporter(task, spec)
     return train_and_measure(
         spec, task.params, artifact_dir=Path(task.artifact_dir), study_name=task.study_name,
         latency=task.latency, report=report, storage_url=task.storage_url,
-        probe_timeout_s=task.probe_timeout_s,
+        probe_timeout_s=task.probe_timeout_s, tenant=task.tenant,
     )
 
 
 def train_and_measure(
     spec: JobSpec, params: dict[str, ParamValue], *, artifact_dir: Path, study_name: str,
     latency: MeasureConfig, report: Report, storage_url: str, probe_timeout_s: float,
-    checkpoint_dir: Path | None = None,
+    tenant: str, checkpoint_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Train one candidate, export it and measure it on the job's devices; any backend's
     trial runs this. Returns the result a backend tells the study (state, metrics, attrs)."""
@@ -114,7 +146,8 @@ def train_and_measure(
     limited = [c for c in spec.constraints if c.metric == "latency_ms"]
     if limited:
         _prune_if_too_slow(trainer, params, limited, artifact_dir=artifact_dir, latency=latency,
-                           storage_url=storage_url, probe_timeout_s=probe_timeout_s)
+                           storage_url=storage_url, probe_timeout_s=probe_timeout_s,
+                           tenant=tenant)
     fit = trainer.fit(params, report=recording, checkpoint_dir=checkpoint_dir)
     if fit.model is None:  # nothing to export: the trainer measured every metric itself
         return {"state": "complete", "metrics": dict(fit.metrics), "user_attrs": {}}
@@ -125,7 +158,7 @@ def train_and_measure(
         measured = measure_on_devices(
             spec.devices, artifact, tuple(fit.example_input.shape), latency=latency,
             storage_url=storage_url, timeout_s=probe_timeout_s,
-            predicted=spec.predicted_devices,
+            predicted=spec.predicted_devices, tenant=tenant,
         )
     except LatencyUnavailable as e:
         raise TrialFailed(str(e)) from e
@@ -138,6 +171,7 @@ def train_and_measure(
 def _prune_if_too_slow(
     trainer: Trainer, params: dict[str, ParamValue], constraints: list[ConstraintSpec], *,
     artifact_dir: Path, latency: MeasureConfig, storage_url: str, probe_timeout_s: float,
+    tenant: str,
 ) -> None:
     """Measure the untrained candidate on the constrained devices; raise `TrialPruned` before
     any epoch when it breaks a latency constraint (the trained model has the same shape)."""
@@ -152,7 +186,7 @@ def _prune_if_too_slow(
         measured = measure_on_devices(
             list(dict.fromkeys(c.device or LOCAL_DEVICE for c in constraints)), artifact,
             tuple(candidate.example_input.shape), latency=latency, storage_url=storage_url,
-            timeout_s=probe_timeout_s,
+            timeout_s=probe_timeout_s, tenant=tenant,
         )
     except LatencyUnavailable as e:
         raise TrialFailed(str(e)) from e

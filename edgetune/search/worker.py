@@ -21,6 +21,12 @@ from edgetune.storage import Job, JobRepository, JobStatus, open_database
 
 logger = logging.getLogger(__name__)
 
+#: The longest a worker goes between renewing its job's lease and its trials' heartbeats. A
+#: trial silent for 4 heartbeats counts as dead (`optuna_storage`): a killed worker's trials
+#: are then failed and run again within about 25 s, however long the job's lease is (a quarter
+#: of the default 60 s lease would leave them for over a minute).
+MAX_HEARTBEAT_S = 5.0
+
 
 class _Control:
     """The backend's view of the worker for one job (see `JobControl`)."""
@@ -70,7 +76,7 @@ class Worker:
             artifact_dir=str(settings.artifact_dir),
             latency=self.latency,
             poll_interval_s=min(0.5, settings.poll_interval_s),
-            heartbeat_interval_s=settings.job_lease_s / 4,
+            heartbeat_interval_s=min(settings.job_lease_s / 4, MAX_HEARTBEAT_S),
             max_running=settings.worker_trials,
             probe_timeout_s=settings.probe_timeout_s,
         )

@@ -5,7 +5,16 @@ from __future__ import annotations
 from edgetune.storage.db import Database, make_engine
 from edgetune.storage.devices import DeviceRepository, is_online
 from edgetune.storage.jobs import DEFAULT_TENANT, JobRepository, utcnow
-from edgetune.storage.models import Device, Job, JobStatus, Probe, ProbeStatus, Runner
+from edgetune.storage.models import (
+    Device,
+    Job,
+    JobStatus,
+    Probe,
+    ProbeStatus,
+    Runner,
+    Scope,
+    Token,
+)
 from edgetune.storage.optuna_storage import (
     JOB_ID_ATTR,
     create_job_study,
@@ -13,6 +22,7 @@ from edgetune.storage.optuna_storage import (
     upgrade_optuna_tables,
 )
 from edgetune.storage.probes import MAX_ATTEMPTS, ProbeRepository, checked_result, probe_cache_key
+from edgetune.storage.tokens import Principal, TokenRepository
 
 __all__ = [
     "DEFAULT_TENANT",
@@ -24,10 +34,14 @@ __all__ = [
     "Job",
     "JobRepository",
     "JobStatus",
+    "Principal",
     "Probe",
     "ProbeRepository",
     "ProbeStatus",
     "Runner",
+    "Scope",
+    "Token",
+    "TokenRepository",
     "checked_result",
     "create_job_study",
     "is_online",

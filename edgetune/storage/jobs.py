@@ -16,7 +16,7 @@ from edgetune.errors import ConflictError, NotFoundError, StorageError
 from edgetune.spec import JobSpec
 from edgetune.storage.db import Database
 from edgetune.storage.models import Base, Job, JobStatus, Runner
-from edgetune.storage.optuna_storage import create_job_study
+from edgetune.storage.optuna_storage import create_job_study, delete_study
 
 DEFAULT_TENANT = "default"
 
@@ -65,7 +65,15 @@ class Repository:
 class JobRepository(Repository):
     """Every read and write of `edgetune_jobs`. Driver errors surface as `StorageError`."""
 
-    def create(self, spec: JobSpec, *, tenant: str = DEFAULT_TENANT) -> Job:
+    def create(self, spec: JobSpec, *, tenant: str = DEFAULT_TENANT,
+               idempotency_key: str | None = None) -> Job:
+        """Queue `spec` as a new job of `tenant`. With `idempotency_key`, a submission repeated
+        with the same key (a client retrying after a lost answer) returns the job the first one
+        made, and a different spec under a used key is a conflict."""
+        if idempotency_key is not None:
+            earlier = self._by_idempotency_key(tenant, idempotency_key)
+            if earlier is not None:
+                return _same_submission(earlier, spec)
         job_id = str(uuid.uuid4())
         runner = (Runner.ASK_TELL if spec.mode == "ask-tell"
                   else Runner.RAY if spec.algorithm.backend == "ray" else Runner.OPTUNA)
@@ -83,12 +91,24 @@ class JobRepository(Repository):
             created_at=now,
             started_at=now if status == JobStatus.RUNNING else None,
             cancel_requested=0,
+            idempotency_key=idempotency_key,
         )
         # The study first: a job row never points at a study that does not exist.
         create_job_study(self.db.url, job.study_name, job_id, spec)
-        with self._session() as session:
-            session.add(job)
+        if not self._insert_unless_taken(job):
+            # A racing submission with the same key inserted its job first: answer with that.
+            delete_study(self.db.url, job.study_name)
+            earlier = self._by_idempotency_key(tenant, idempotency_key or "")
+            if earlier is None:
+                raise StorageError(f"job {job_id!r} could not be stored")
+            return _same_submission(earlier, spec)
         return job
+
+    def _by_idempotency_key(self, tenant: str, key: str) -> Job | None:
+        with self._session() as session:
+            return session.scalar(
+                select(Job).where(Job.tenant == tenant, Job.idempotency_key == key)
+            )
 
     def get(self, job_id: str, *, tenant: str | None = None) -> Job:
         with self._session() as session:
@@ -234,3 +254,12 @@ class JobRepository(Repository):
                 .values(status=JobStatus.QUEUED.value, lease_owner=None, lease_expires_at=None)
                 .execution_options(synchronize_session=False)
             )
+
+
+def _same_submission(job: Job, spec: JobSpec) -> Job:
+    if JobSpec.model_validate_json(job.spec) != spec:
+        raise ConflictError(
+            f"the Idempotency-Key was used for job {job.id!r} with another spec; send a new key "
+            "for a new submission"
+        )
+    return job

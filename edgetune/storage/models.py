@@ -103,10 +103,14 @@ class Job(Base):
     cancel_requested: Mapped[int] = mapped_column(Integer, default=0)
     lease_owner: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The client's `Idempotency-Key` of the submission: a repeated submission finds this job.
+    idempotency_key: Mapped[str | None] = mapped_column(String(128))
 
     __table_args__ = (
         Index(f"ix_{PREFIX}jobs_status_created", "status", "created_at"),
         Index(f"ix_{PREFIX}jobs_tenant_created", "tenant", "created_at"),
+        UniqueConstraint("tenant", "idempotency_key",
+                         name=f"uq_{PREFIX}jobs_tenant_idempotency_key"),
     )
 
 
@@ -187,4 +191,34 @@ class Probe(Base):
         # Two trials racing to request the same measurement make one probe, not two.
         Index(f"ux_{PREFIX}probes_live_cache_key", "cache_key", unique=True,
               sqlite_where=_LIVE_PROBE, postgresql_where=_LIVE_PROBE),
+    )
+
+
+class Scope(enum.StrEnum):
+    """What a token may do: `user` runs searches, `agent` measures for devices, `admin` does
+    both and manages tokens."""
+
+    USER = "user"
+    AGENT = "agent"
+    ADMIN = "admin"
+
+
+class Token(Base):
+    """An API token, stored as its sha256 only. `lookup` (the hash's first 16 hex digits) finds
+    the candidate rows; the full hash is then compared in constant time."""
+
+    __tablename__ = f"{PREFIX}tokens"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(64))
+    scope: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(128))
+    lookup: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        UniqueConstraint("token_hash", name=f"uq_{PREFIX}tokens_token_hash"),
+        Index(f"ix_{PREFIX}tokens_lookup", "lookup"),
     )

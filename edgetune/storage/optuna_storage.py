@@ -77,3 +77,10 @@ def create_job_study(url: str, study_name: str, job_id: str, spec: JobSpec) -> N
         study.set_metric_names(spec.metric_names)
     study.set_user_attr(JOB_ID_ATTR, job_id)
     study.set_user_attr("edgetune:spec", spec.model_dump(mode="json"))
+
+
+def delete_study(url: str, study_name: str) -> None:
+    """Delete a study no job points at (one made for a submission that lost a race)."""
+    import optuna
+
+    optuna.delete_study(study_name=study_name, storage=optuna_storage(url))

@@ -149,6 +149,15 @@ class ProbeRepository(Repository):
         with self._session() as session:
             return _probe(session, probe_id, tenant)
 
+    def measures_artifact(self, artifact_sha256: str, *, tenant: str) -> bool:
+        """Whether a probe of `tenant` names this artifact: what lets the tenant's agents (and
+        users) fetch it by its hash."""
+        with self._session() as session:
+            return session.scalar(
+                select(Probe.id).where(Probe.artifact_sha256 == artifact_sha256,
+                                       Probe.tenant == tenant).limit(1)
+            ) is not None
+
     def wait(self, probe_id: str, *, timeout_s: float, poll_s: float = 0.5,
              tenant: str | None = None) -> Probe:
         """The probe once done or failed, or as it is when `timeout_s` has passed.

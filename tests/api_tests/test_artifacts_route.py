@@ -7,9 +7,11 @@ import hashlib
 
 import pytest
 from fastapi.testclient import TestClient
+from servers import auth_headers
 
 from edgetune.api import create_app
 from edgetune.settings import Settings
+from edgetune.storage import DeviceRepository, ProbeRepository, open_database
 
 
 @pytest.fixture
@@ -19,14 +21,22 @@ def settings(tmp_path) -> Settings:
 
 @pytest.fixture
 def client(settings):
-    with TestClient(create_app(settings)) as c:
+    with TestClient(create_app(settings), headers=auth_headers()) as c:
         yield c
 
 
-def store(settings: Settings, content: bytes, ext: str) -> str:
+def store(settings: Settings, content: bytes, ext: str, *, tenant: str = "default") -> str:
+    """Store the file, and a probe of `tenant` measuring it: what lets that tenant fetch it."""
     sha256 = hashlib.sha256(content).hexdigest()
     settings.artifact_dir.mkdir(parents=True, exist_ok=True)
     (settings.artifact_dir / f"{sha256}.{ext}").write_bytes(content)
+    db = open_database(settings.url)
+    device = DeviceRepository(db).register("board", runtimes=["onnxruntime"], hardware={},
+                                           threads=1, tenant=tenant)
+    ProbeRepository(db).request(device.id, artifact_sha256=sha256, runtime="onnxruntime",
+                                input_shape=[1, 3], batch_size=1, threads=1, warmup=0,
+                                min_repeats=1, min_time_s=0.0)
+    db.dispose()
     return sha256
 
 
@@ -65,6 +75,13 @@ def test_a_range_of_the_file(client: TestClient, settings: Settings) -> None:
 def test_unknown_hash_answers_404(client: TestClient, settings: Settings) -> None:
     store(settings, b"something else", "onnx")
     sha256 = hashlib.sha256(b"never stored").hexdigest()
+    response = client.get(f"/api/v1/artifacts/{sha256}")
+    assert response.status_code == 404
+    assert response.json() == {"detail": f"no artifact has the sha256 {sha256}"}
+
+
+def test_another_tenants_artifact_answers_404(client: TestClient, settings: Settings) -> None:
+    sha256 = store(settings, b"their model", "onnx", tenant="other")
     response = client.get(f"/api/v1/artifacts/{sha256}")
     assert response.status_code == 404
     assert response.json() == {"detail": f"no artifact has the sha256 {sha256}"}

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
+from servers import auth_headers
 
 from edgetune.api import create_app
 from edgetune.settings import Settings
@@ -29,7 +30,7 @@ def settings(tmp_path) -> Settings:
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as c:
+    with TestClient(create_app(settings), headers=auth_headers()) as c:
         yield c
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
+from servers import auth_headers
 
 from edgetune.api import create_app
 from edgetune.settings import Settings
@@ -11,7 +12,7 @@ from edgetune.settings import Settings
 
 @pytest.fixture
 def client(tmp_path):
-    with TestClient(create_app(Settings(data_dir=tmp_path))) as c:
+    with TestClient(create_app(Settings(data_dir=tmp_path)), headers=auth_headers()) as c:
         yield c
 
 

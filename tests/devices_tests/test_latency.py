@@ -20,7 +20,13 @@ from edgetune.devices import (
     get_runtime,
     measure_latency,
 )
-from edgetune.devices.runtimes import Runtime, TorchScriptRuntime
+from edgetune.devices.runtimes import (
+    DEVICES,
+    AcceleratorUnavailableError,
+    OnnxRuntime,
+    Runtime,
+    TorchScriptRuntime,
+)
 from edgetune.errors import TrialFailed
 from edgetune.trainers.export import export_model
 
@@ -77,7 +83,9 @@ def test_measure_latency(runtime: str, threads: int, artifacts: dict[str, Path])
         "mean_ms",
         "std_ms",
         "n",
+        "device",
     }
+    assert result.device == "cpu"
 
 
 def test_max_time_ends_timing_early(artifacts: dict[str, Path]) -> None:
@@ -109,6 +117,96 @@ def test_torchscript_on_cuda(artifacts: dict[str, Path]) -> None:
         assert torch.cuda.memory_allocated() > 0
     finally:
         engine.close()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("runtime", sorted(RUNTIMES))
+def test_measure_latency_on_cuda(runtime: str, artifacts: dict[str, Path]) -> None:
+    _skip_without_engine(runtime)
+    if runtime == "onnxruntime":
+        import onnxruntime
+
+        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            pytest.skip("needs onnxruntime-gpu")
+    config = dataclasses.replace(FAST, device="cuda")
+    result = measure_latency(
+        artifacts[runtime], runtime=runtime, input_shape=INPUT_SHAPE, config=config
+    )
+    assert result.device == "cuda"
+    assert 0 < result.p50_ms <= result.p90_ms
+
+
+def test_the_default_device_is_the_cpu(artifacts: dict[str, Path]) -> None:
+    assert MeasureConfig().device == "cpu"
+    assert get_runtime("torchscript").device == "cpu"
+    result = measure_latency(
+        artifacts["torchscript"], runtime="torchscript", input_shape=INPUT_SHAPE, config=FAST
+    )
+    assert result.device == "cpu"
+
+
+@pytest.mark.parametrize("runtime", sorted(RUNTIMES))
+def test_cuda_without_a_gpu_is_an_error_naming_the_option(
+    runtime: str, artifacts: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _skip_without_engine(runtime)
+    # As on a machine without a GPU, also where this suite runs on one.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    if runtime == "onnxruntime":
+        import onnxruntime
+
+        # An onnxruntime-gpu install lists its CUDA provider whether or not a GPU is there.
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: providers)
+    config = dataclasses.replace(FAST, device="cuda")
+    with pytest.raises(AcceleratorUnavailableError, match=r"`device` is 'cuda'.*no CUDA GPU"):
+        measure_latency(artifacts[runtime], runtime=runtime, input_shape=INPUT_SHAPE,
+                        config=config)
+
+
+def test_onnxruntime_without_its_cuda_provider_names_the_package(
+    artifacts: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _skip_without_engine("onnxruntime")
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    engine = OnnxRuntime(device="cuda")
+    try:
+        with pytest.raises(AcceleratorUnavailableError, match="onnxruntime-gpu"):
+            engine.load(artifacts["onnxruntime"], threads=1)
+    finally:
+        engine.close()
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider':UserWarning")
+def test_onnxruntime_that_falls_back_to_the_cpu_is_an_error(
+    artifacts: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _skip_without_engine("onnxruntime")
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has a CUDA provider: the session would not fall back")
+    # The checks pass, as with onnxruntime-gpu on a GPU machine, but the session cannot start
+    # the CUDA provider and runs on the CPU: that must not pass for a GPU measurement.
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: providers)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    engine = OnnxRuntime(device="cuda")
+    try:
+        with pytest.raises(AcceleratorUnavailableError, match="could not start"):
+            engine.load(artifacts["onnxruntime"], threads=1)
+    finally:
+        engine.close()
+
+
+def test_an_unknown_device_is_refused() -> None:
+    assert DEVICES == ("cpu", "cuda")
+    with pytest.raises(ValueError, match=r"`device` is 'tpu'.*'cpu', 'cuda'"):
+        MeasureConfig(device="tpu")
+    with pytest.raises(ValueError, match=r"`device` is 'tpu'"):
+        get_runtime("onnxruntime", device="tpu")
 
 
 @pytest.mark.parametrize(

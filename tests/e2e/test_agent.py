@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import torch
-from servers import RunningServer, start_server, stop_server
+from servers import RunningServer, create_token, start_server, stop_server
 from torch import nn
 
 from edgetune.client import Client
@@ -43,7 +43,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
 
 @pytest.fixture
 def client(server: RunningServer) -> Iterator[Client]:
-    with Client(server.url, token="not-checked-yet") as c:
+    with Client(server.url) as c:
         yield c
 
 
@@ -61,6 +61,7 @@ class Agents:
     def __init__(self, server: RunningServer, directory: Path) -> None:
         self.server = server
         self.directory = directory
+        self.token = create_token(server, scope="agent")  # what an agent needs, no more
         self.running: list[tuple[subprocess.Popen[bytes], Path]] = []
 
     def start(self, name: str) -> subprocess.Popen[bytes]:
@@ -68,7 +69,7 @@ class Agents:
         with log.open("wb") as out:
             process = subprocess.Popen(
                 [sys.executable, "-m", "edgetune", "agent", "--server", self.server.url,
-                 "--token", "not-checked-yet", "--name", name, "--threads", "1",
+                 "--token", self.token, "--name", name, "--threads", "1",
                  "--heartbeat-s", "0.3", "--poll-s", "1", "--log-level", "info"],
                 stdout=out, stderr=subprocess.STDOUT, env={**os.environ},
             )

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from servers import RunningServer, start_server, stop_server
+from servers import RunningServer, auth_headers, start_server, stop_server
 
 from edgetune.client import Client
 from edgetune.errors import ConflictError, InvalidSpecError
@@ -117,12 +117,12 @@ def test_bad_ask_tell_requests_get_422_or_404_naming_the_problem(server: Running
             client.submit(job_spec("x", 2, 1, algorithm={"backend": "ray", "sampler": "tpe"}))
         job = client.submit(job_spec("ask-tell-bad", n_trials=2, parallelism=1))
         base = f"{server.url}/api/v1/jobs/{job.id}"
-        assert httpx.post(f"{base}/trials:ask", json={"client_id": "../x"}).status_code == 422
-        assert httpx.post(f"{base}/trials/99:tell", json={}).status_code == 404
+        assert httpx.post(f"{base}/trials:ask", json={"client_id": "../x"}, headers=auth_headers()).status_code == 422
+        assert httpx.post(f"{base}/trials/99:tell", json={}, headers=auth_headers()).status_code == 404
         t = client.ask(job.id)
         nan = httpx.post(f"{base}/trials/{t.number}:report",
                          content=b'{"step": 1, "values": {"f1": NaN, "f2": 1}}',
-                         headers={"content-type": "application/json"})
+                         headers={"content-type": "application/json", **auth_headers()})
         assert nan.status_code == 422
         assert client.cancel(job.id).status == "cancelled"
         with pytest.raises(ConflictError, match="cancelled"):

@@ -6,6 +6,7 @@ import httpx
 import numpy as np
 import onnx
 import pytest
+from servers import auth_headers
 
 from edgetune.client import Client
 
@@ -46,7 +47,9 @@ def test_mobilenet_with_pruning_and_quantization_end_to_end(server) -> None:
             assert 0 <= t.values["accuracy"] <= 1
 
             sha = t.user_attrs["artifact"]["sha256"]
-            response = httpx.get(f"{server.url}/api/v1/artifacts/{sha}", timeout=30)
+            response = httpx.get(f"{server.url}/api/v1/jobs/{job.id}/trials/{t.number}/artifact",
+                                 headers=auth_headers(), timeout=30)
+            assert response.headers["x-artifact-sha256"] == sha
             assert response.status_code == 200
             assert len(response.content) == t.values["size_bytes"]
             model = onnx.load_from_string(response.content)

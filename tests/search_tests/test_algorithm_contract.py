@@ -20,6 +20,7 @@ import optuna
 import pytest
 from fastapi.testclient import TestClient
 from optuna.trial import TrialState
+from servers import auth_headers
 
 from edgetune.api import create_app
 from edgetune.devices import MeasureConfig
@@ -72,7 +73,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         storage_url=db.url, artifact_dir=str(settings.artifact_dir), latency=latency,
         poll_interval_s=0.05,
     )}
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=auth_headers()) as client:
         yield {"client": client, "jobs": JobRepository(db), "backends": backends,
                "settings": settings, "db": db}
     if "ray" in backends:

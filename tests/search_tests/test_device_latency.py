@@ -63,7 +63,7 @@ def test_a_predicted_latency_comes_from_the_device_history(board) -> None:
     candidate = mlp(100, artifacts)
     result = measure_on_devices(
         ["board"], candidate, (1, 32), latency=MeasureConfig(), storage_url=db.url,
-        timeout_s=1, predicted=["board"],
+        timeout_s=1, predicted=["board"], tenant="default",
     )["board"]
     assert result["source"] == "predicted" and result["predictor"]["n_probes"] == 11
     assert result["p50_ms"] == pytest.approx(true_p50(100), rel=0.1)
@@ -91,7 +91,8 @@ def test_too_short_a_history_says_how_many_probes_it_needs(board) -> None:
     measured_history(db, device, artifacts, [8, 16, 24])
     with pytest.raises(LatencyUnavailable, match=r"has 3 measured probes .* at least 8"):
         measure_on_devices(["board"], mlp(100, artifacts), (1, 32), latency=MeasureConfig(),
-                           storage_url=db.url, timeout_s=1, predicted=["board"])
+                           storage_url=db.url, timeout_s=1, predicted=["board"],
+                           tenant="default")
 
 
 def test_predicted_latency_is_for_registered_devices_and_never_mixed_with_measured() -> None:

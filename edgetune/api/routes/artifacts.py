@@ -10,9 +10,10 @@ from fastapi.responses import FileResponse, Response
 
 from edgetune.errors import NotFoundError
 from edgetune.schemas import ErrorPublic
+from edgetune.storage import ProbeRepository
 from edgetune.storage.artifacts import SHA256, find_artifact
 
-from ..deps import SettingsDep
+from ..deps import DatabaseDep, ReaderDep, SettingsDep
 
 router = APIRouter(prefix="/artifacts", tags=["artifacts"])
 
@@ -37,11 +38,15 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 def get_artifact(
     sha256: Sha256,
     settings: SettingsDep,
+    db: DatabaseDep,
+    caller: ReaderDep,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    """The exported model (ONNX or TorchScript) whose content has this sha256."""
+    """The exported model (ONNX or TorchScript) whose content has this sha256, when a probe of
+    the caller's tenant measures it (a trial's model is also at its job's trial route)."""
     path = find_artifact(settings.artifact_dir, sha256)
-    if path is None:
+    # Another tenant's artifact answers as an absent one does.
+    if path is None or not ProbeRepository(db).measures_artifact(sha256, tenant=caller.tenant):
         raise NotFoundError(f"no artifact has the sha256 {sha256}")
     etag = f'"{sha256}"'
     headers = {

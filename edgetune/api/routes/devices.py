@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import Annotated, Any
 
@@ -27,7 +28,7 @@ from edgetune.search.device_latency import (
 from edgetune.settings import Settings
 from edgetune.storage import Device, DeviceRepository, ProbeRepository, is_online
 
-from ..deps import DatabaseDep, SettingsDep
+from ..deps import AgentDep, DatabaseDep, ReaderDep, SettingsDep, UserDep
 
 router = APIRouter(prefix="/devices", tags=["devices"])
 
@@ -46,12 +47,14 @@ LEASE_POLL_S = 0.05
                      "that name."}, 422: {"model": ErrorPublic}},
 )
 def register_device(
-    body: DeviceCreate, response: Response, db: DatabaseDep, settings: SettingsDep
+    body: DeviceCreate, response: Response, db: DatabaseDep, settings: SettingsDep,
+    caller: AgentDep,
 ) -> DevicePublic:
     """Register a device, or re-attach to the one of that name (its id, its probes): 201 when
     created, 200 when re-attached. Either way it heartbeats now."""
     device = DeviceRepository(db).register(
-        body.name, runtimes=body.runtimes, hardware=body.hardware, threads=body.threads
+        body.name, runtimes=body.runtimes, hardware=body.hardware, threads=body.threads,
+        tenant=caller.tenant,
     )
     # `register` stamps a new device's creation and heartbeat with one instant.
     if device.last_heartbeat != device.created_at:
@@ -63,30 +66,36 @@ def register_device(
 def list_devices(
     db: DatabaseDep,
     settings: SettingsDep,
+    caller: ReaderDep,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> DevicesPublic:
     """Devices by name."""
-    rows, count = DeviceRepository(db).list(offset=offset, limit=limit)
+    rows, count = DeviceRepository(db).list(tenant=caller.tenant, offset=offset, limit=limit)
     return DevicesPublic(data=[device_public(d, settings) for d in rows], count=count)
 
 
 @router.get("/{device_id}", response_model=DevicePublic, responses=_ERRORS)
-def get_device(device_id: str, db: DatabaseDep, settings: SettingsDep) -> DevicePublic:
-    return device_public(DeviceRepository(db).get(device_id), settings)
+def get_device(
+    device_id: str, db: DatabaseDep, settings: SettingsDep, caller: ReaderDep
+) -> DevicePublic:
+    return device_public(DeviceRepository(db).get(device_id, tenant=caller.tenant), settings)
 
 
 @router.delete("/{device_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_ERRORS)
-def delete_device(device_id: str, db: DatabaseDep) -> Response:
+def delete_device(device_id: str, db: DatabaseDep, caller: UserDep) -> Response:
     """Forget the device and every probe of it."""
-    DeviceRepository(db).delete(device_id)
+    DeviceRepository(db).delete(device_id, tenant=caller.tenant)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/{device_id}/heartbeat", response_model=DevicePublic, responses=_ERRORS)
-def heartbeat(device_id: str, db: DatabaseDep, settings: SettingsDep) -> DevicePublic:
+def heartbeat(
+    device_id: str, db: DatabaseDep, settings: SettingsDep, caller: AgentDep
+) -> DevicePublic:
     """The device's agent is alive."""
-    return device_public(DeviceRepository(db).heartbeat(device_id), settings)
+    return device_public(DeviceRepository(db).heartbeat(device_id, tenant=caller.tenant),
+                         settings)
 
 
 @router.post(
@@ -99,6 +108,7 @@ async def lease_probe(
     body: ProbeLease,
     db: DatabaseDep,
     settings: SettingsDep,
+    caller: AgentDep,
     wait_s: Annotated[float, Query(ge=0, le=MAX_LEASE_WAIT_S,
                                    description="Wait this long for a probe.")] = 0,
 ) -> Any:
@@ -106,7 +116,8 @@ async def lease_probe(
     or 204 when none came within `wait_s`. Of agents racing for a probe, one gets it."""
     devices = DeviceRepository(db)
     probes = ProbeRepository(db)
-    await run_in_threadpool(devices.get, device_id)  # 404 for an unknown device, at once
+    # 404 for an unknown device (or another tenant's), at once
+    await run_in_threadpool(functools.partial(devices.get, device_id, tenant=caller.tenant))
     deadline = time.monotonic() + wait_s
     while True:
         probe = await run_in_threadpool(
@@ -126,13 +137,14 @@ async def lease_probe(
                                 "description": "Too few measured probes to fit one."}},
 )
 def get_predictor(
-    device_id: str, request: Request, db: DatabaseDep, settings: SettingsDep
+    device_id: str, request: Request, db: DatabaseDep, settings: SettingsDep,
+    caller: ReaderDep,
 ) -> PredictorPublic:
     """The device's latency predictor, fitted on its done probes (the newest
     `PREDICTOR_HISTORY` whose ONNX artifact is still stored), with its cross-validated error:
     how far to trust `mode: predicted` on this device. 409 while it has fewer than
     `MIN_PROBES` usable probes. Refitted only when the device has a new done probe."""
-    device = DeviceRepository(db).get(device_id)
+    device = DeviceRepository(db).get(device_id, tenant=caller.tenant)
     probes = ProbeRepository(db)
     _, n_done = probes.list(device_id=device.id, status="done", limit=1)
     cache: PredictorCache = request.app.state.predictors

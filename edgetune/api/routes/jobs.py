@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Header, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, StreamingResponse
 from optuna.trial import FrozenTrial, TrialState
@@ -29,11 +30,11 @@ from edgetune.search import validate_job_spec
 from edgetune.search.events import KEEPALIVE_S, JobEventStream
 from edgetune.search.front import trial_metrics
 from edgetune.spec import LOCAL_DEVICE, JobSpec
-from edgetune.storage import DEFAULT_TENANT, Database, DeviceRepository, Job, optuna_storage
+from edgetune.storage import Database, DeviceRepository, Job, optuna_storage
 from edgetune.storage.artifacts import artifact_path
 from edgetune.storage.trials import trial_state_counts
 
-from ..deps import DatabaseDep, FrontDep, JobsDep, SettingsDep
+from ..deps import DatabaseDep, FrontDep, JobsDep, SettingsDep, UserDep
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -47,10 +48,16 @@ Limit = Annotated[int, Query(ge=1, le=500)]
     "", status_code=status.HTTP_201_CREATED, response_model=JobPublic,
     responses={422: {"model": ErrorPublic}},
 )
-def create_job(spec: JobSpec, jobs: JobsDep, db: DatabaseDep) -> JobPublic:
+def create_job(
+    spec: JobSpec, jobs: JobsDep, db: DatabaseDep, caller: UserDep,
+    idempotency_key: Annotated[str | None, Header(
+        min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$",
+        description="Repeating a submission with the same key returns the job the first one "
+                    "made, instead of a second job (409 when the spec differs).")] = None,
+) -> JobPublic:
     """Validate a JobSpec and queue it; a worker picks it up."""
-    validate_job_spec(spec, devices=known_devices(db, spec))
-    job = jobs.create(spec)
+    validate_job_spec(spec, devices=known_devices(db, spec, caller.tenant))
+    job = jobs.create(spec, tenant=caller.tenant, idempotency_key=idempotency_key)
     return _public([job], db)[0]
 
 
@@ -58,6 +65,7 @@ def create_job(spec: JobSpec, jobs: JobsDep, db: DatabaseDep) -> JobPublic:
 def list_jobs(
     jobs: JobsDep,
     db: DatabaseDep,
+    caller: UserDep,
     status: Annotated[
         str | None, Query(pattern="^(queued|running|succeeded|failed|cancelled)$")
     ] = None,
@@ -65,22 +73,22 @@ def list_jobs(
     limit: Limit = 50,
 ) -> JobsPublic:
     """Jobs, newest first."""
-    rows, count = jobs.list(status=status, offset=offset, limit=limit)
+    rows, count = jobs.list(tenant=caller.tenant, status=status, offset=offset, limit=limit)
     return JobsPublic(data=_public(rows, db), count=count)
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=_ERRORS)
-def get_job(job_id: str, jobs: JobsDep, db: DatabaseDep) -> JobPublic:
-    return _public([jobs.get(job_id)], db)[0]
+def get_job(job_id: str, jobs: JobsDep, db: DatabaseDep, caller: UserDep) -> JobPublic:
+    return _public([jobs.get(job_id, tenant=caller.tenant)], db)[0]
 
 
 @router.post(
     "/{job_id}/cancel", response_model=JobPublic,
     responses={**_ERRORS, 409: {"model": ErrorPublic}},
 )
-def cancel_job(job_id: str, jobs: JobsDep, db: DatabaseDep) -> JobPublic:
+def cancel_job(job_id: str, jobs: JobsDep, db: DatabaseDep, caller: UserDep) -> JobPublic:
     """Cancel a job: a queued one at once, a running one as soon as its worker sees it."""
-    return _public([jobs.request_cancel(job_id)], db)[0]
+    return _public([jobs.request_cancel(job_id, tenant=caller.tenant)], db)[0]
 
 
 @router.get("/{job_id}/trials", response_model=TrialsPublic, responses=_ERRORS)
@@ -88,12 +96,13 @@ def list_trials(
     job_id: str,
     jobs: JobsDep,
     db: DatabaseDep,
+    caller: UserDep,
     state: Annotated[str | None, Query(pattern="^(running|waiting|complete|pruned|fail)$")] = None,
     offset: Offset = 0,
     limit: Limit = 100,
 ) -> TrialsPublic:
     """The job's trials by number."""
-    job = jobs.get(job_id)
+    job = jobs.get(job_id, tenant=caller.tenant)
     trials = _trials(db, job)
     if state is not None:
         trials = [t for t in trials if t.state.name.lower() == state]
@@ -103,8 +112,10 @@ def list_trials(
 
 
 @router.get("/{job_id}/trials/{number}", response_model=TrialPublic, responses=_ERRORS)
-def get_trial(job_id: str, number: int, jobs: JobsDep, db: DatabaseDep) -> TrialPublic:
-    job = jobs.get(job_id)
+def get_trial(
+    job_id: str, number: int, jobs: JobsDep, db: DatabaseDep, caller: UserDep
+) -> TrialPublic:
+    job = jobs.get(job_id, tenant=caller.tenant)
     return _trial_public(_trial(db, job, number), JobSpec.model_validate_json(job.spec))
 
 
@@ -124,6 +135,7 @@ def get_pareto(
     job_id: str,
     jobs: JobsDep,
     front: FrontDep,
+    caller: UserDep,
     objectives: Objectives = None,
     reference: Reference = None,
     include_dominated: Annotated[
@@ -133,7 +145,7 @@ def get_pareto(
     limit: Limit = 100,
 ) -> ParetoPublic:
     """Completed trials ranked (feasible first): rank, crowding, hypervolume share, knee."""
-    job = jobs.get(job_id)
+    job = jobs.get(job_id, tenant=caller.tenant)
     spec = JobSpec.model_validate_json(job.spec)
     try:
         return front.pareto(
@@ -147,11 +159,11 @@ def get_pareto(
 
 @router.get("/{job_id}/hypervolume", response_model=HypervolumePublic, responses=_ERRORS)
 def get_hypervolume(
-    job_id: str, jobs: JobsDep, front: FrontDep, objectives: Objectives = None,
-    reference: Reference = None,
+    job_id: str, jobs: JobsDep, front: FrontDep, caller: UserDep,
+    objectives: Objectives = None, reference: Reference = None,
 ) -> HypervolumePublic:
     """How the feasible front's hypervolume grew, trial by trial, in completion order."""
-    job = jobs.get(job_id)
+    job = jobs.get(job_id, tenant=caller.tenant)
     spec = JobSpec.model_validate_json(job.spec)
     try:
         return front.hypervolume_history(job.id, job.study_name, spec,
@@ -167,10 +179,11 @@ def get_hypervolume(
     responses={**_ERRORS, 200: {"content": {"application/octet-stream": {}}}},
 )
 def get_artifact(
-    job_id: str, number: int, jobs: JobsDep, db: DatabaseDep, settings: SettingsDep
+    job_id: str, number: int, jobs: JobsDep, db: DatabaseDep, settings: SettingsDep,
+    caller: UserDep,
 ) -> FileResponse:
     """The trial's exported model (ONNX or TorchScript), named by its sha256."""
-    job = jobs.get(job_id)
+    job = jobs.get(job_id, tenant=caller.tenant)
     artifact = _trial(db, job, number).user_attrs.get("artifact") or {}
     try:
         # The file name comes from the hash the worker recorded, never from the request.
@@ -195,11 +208,11 @@ def get_artifact(
 )
 async def job_events(
     job_id: str, request: Request, jobs: JobsDep, db: DatabaseDep, front: FrontDep,
-    interval_s: Annotated[float, Query(ge=0.1, le=30)] = 0.5,
+    caller: UserDep, interval_s: Annotated[float, Query(ge=0.1, le=30)] = 0.5,
 ) -> StreamingResponse:
     """Server-sent events: `progress`, `trial` (one per finished trial), `front` (when it
     changes) and `end` (the job's final status), after which the stream closes."""
-    job = await run_in_threadpool(jobs.get, job_id)
+    job = await run_in_threadpool(functools.partial(jobs.get, job_id, tenant=caller.tenant))
     stream = JobEventStream(job.id, jobs, db, front)
 
     async def generate() -> AsyncIterator[str]:
@@ -257,12 +270,12 @@ def _public(rows: Sequence[Job], db: Database) -> list[JobPublic]:
     return out
 
 
-def known_devices(db: Database, spec: JobSpec) -> set[str]:
-    """`local` and those of the spec's devices that are registered."""
+def known_devices(db: Database, spec: JobSpec, tenant: str) -> set[str]:
+    """`local` and those of the spec's devices that `tenant` registered."""
     registered = set()
     for name in spec.devices:
         with contextlib.suppress(NotFoundError, ValueError):
-            registered.add(DeviceRepository(db).get_by_name(name, tenant=DEFAULT_TENANT).name)
+            registered.add(DeviceRepository(db).get_by_name(name, tenant=tenant).name)
     return {LOCAL_DEVICE, *registered}
 
 

@@ -22,10 +22,10 @@ from edgetune.schemas import (
     ProbesPublic,
 )
 from edgetune.settings import Settings
-from edgetune.storage import DEFAULT_TENANT, Database, Device, DeviceRepository, ProbeRepository
+from edgetune.storage import Database, Device, DeviceRepository, ProbeRepository
 from edgetune.storage.artifacts import artifact_path
 
-from ..deps import DatabaseDep, SettingsDep
+from ..deps import AgentDep, DatabaseDep, ReaderDep, SettingsDep, UserDep
 
 router = APIRouter(prefix="/probes", tags=["probes"])
 
@@ -51,12 +51,13 @@ async def create_probe(
     response: Response,
     db: DatabaseDep,
     settings: SettingsDep,
+    caller: UserDep,
 ) -> ProbePublic:
     """Measure the uploaded model (the request body; ONNX for onnxruntime, TorchScript for
     torchscript) on a registered device: 202 with the queued probe, or 200 with a done one
     when the same model was measured the same way before. The model is stored under its
     sha256, the name its agent downloads it by."""
-    device = await run_in_threadpool(find_device, db, params.device)
+    device = await run_in_threadpool(find_device, db, params.device, caller.tenant)
     if params.runtime not in RUNTIMES:
         raise InvalidSpecError("runtime", f"The value of `runtime` is {params.runtime!r}, but "
                                           f"must be one of {', '.join(map(repr, RUNTIMES))}.")
@@ -65,7 +66,8 @@ async def create_probe(
                                           f"{params.runtime!r}; it offers {device.runtimes}")
     sha256 = await _store_upload(request, settings, RUNTIMES[params.runtime].artifact_format)
     probe = await run_in_threadpool(
-        ProbeRepository(db).request, device.id, artifact_sha256=sha256, runtime=params.runtime,
+        ProbeRepository(db).request, device.id, tenant=caller.tenant, artifact_sha256=sha256,
+        runtime=params.runtime,
         input_shape=params.input_shape, batch_size=params.batch_size,
         threads=params.threads if params.threads is not None else device.threads,
         warmup=params.warmup if params.warmup is not None else settings.latency_warmup,
@@ -82,32 +84,37 @@ async def create_probe(
 @router.get("", response_model=ProbesPublic, responses=_ERRORS)
 def list_probes(
     db: DatabaseDep,
+    caller: ReaderDep,
     device: Annotated[str | None, Query(max_length=128, description="Name or id.")] = None,
     status: Annotated[str | None, Query(pattern="^(pending|leased|done|failed)$")] = None,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> ProbesPublic:
     """Probes, newest first."""
-    device_id = find_device(db, device).id if device is not None else None
-    rows, count = ProbeRepository(db).list(device_id=device_id, status=status, offset=offset,
-                                           limit=limit)
+    device_id = find_device(db, device, caller.tenant).id if device is not None else None
+    rows, count = ProbeRepository(db).list(tenant=caller.tenant, device_id=device_id,
+                                           status=status, offset=offset, limit=limit)
     return ProbesPublic(data=[ProbePublic.model_validate(p, from_attributes=True) for p in rows],
                         count=count)
 
 
 @router.get("/{probe_id}", response_model=ProbePublic, responses=_ERRORS)
-def get_probe(probe_id: str, db: DatabaseDep) -> ProbePublic:
-    return ProbePublic.model_validate(ProbeRepository(db).get(probe_id), from_attributes=True)
+def get_probe(probe_id: str, db: DatabaseDep, caller: ReaderDep) -> ProbePublic:
+    return ProbePublic.model_validate(ProbeRepository(db).get(probe_id, tenant=caller.tenant),
+                                      from_attributes=True)
 
 
 @router.post(
     "/{probe_id}:complete", response_model=ProbePublic,
     responses={**_ERRORS, 409: {"model": ErrorPublic}, 422: {"model": ErrorPublic}},
 )
-def complete_probe(probe_id: str, body: ProbeComplete, db: DatabaseDep) -> ProbePublic:
+def complete_probe(
+    probe_id: str, body: ProbeComplete, db: DatabaseDep, caller: AgentDep
+) -> ProbePublic:
     """An agent's measurement of a probe it leased. Stored once: posting it again, or after
     the probe finished otherwise, changes nothing. 409 for a probe nobody leased."""
-    probe = ProbeRepository(db).complete(probe_id, body.agent, body.result)
+    probe = ProbeRepository(db).complete(probe_id, body.agent, body.result,
+                                         tenant=caller.tenant)
     return ProbePublic.model_validate(probe, from_attributes=True)
 
 
@@ -115,20 +122,20 @@ def complete_probe(probe_id: str, body: ProbeComplete, db: DatabaseDep) -> Probe
     "/{probe_id}:fail", response_model=ProbePublic,
     responses={**_ERRORS, 409: {"model": ErrorPublic}, 422: {"model": ErrorPublic}},
 )
-def fail_probe(probe_id: str, body: ProbeFail, db: DatabaseDep) -> ProbePublic:
+def fail_probe(probe_id: str, body: ProbeFail, db: DatabaseDep, caller: AgentDep) -> ProbePublic:
     """The agent holding the probe's lease could not measure it; `reason` says why. A final
     probe, or one another agent leased since, does not change."""
-    probe = ProbeRepository(db).fail(probe_id, body.agent, body.reason)
+    probe = ProbeRepository(db).fail(probe_id, body.agent, body.reason, tenant=caller.tenant)
     return ProbePublic.model_validate(probe, from_attributes=True)
 
 
-def find_device(db: Database, name_or_id: str) -> Device:
-    """The device with this id, else the one with this name (of the default tenant)."""
+def find_device(db: Database, name_or_id: str, tenant: str) -> Device:
+    """The device of `tenant` with this id, else the one with this name."""
     devices = DeviceRepository(db)
     try:
-        return devices.get(name_or_id)
+        return devices.get(name_or_id, tenant=tenant)
     except NotFoundError:
-        return devices.get_by_name(name_or_id, tenant=DEFAULT_TENANT)
+        return devices.get_by_name(name_or_id, tenant=tenant)
 
 
 async def _store_upload(request: Request, settings: Settings, format: str) -> str:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 
-from edgetune.devices.runtimes._base import Runtime
+from edgetune.devices.runtimes._base import DEVICES, AcceleratorUnavailableError, Runtime
 from edgetune.devices.runtimes._onnxruntime import OnnxRuntime
 from edgetune.devices.runtimes._torchscript import TorchScriptRuntime
 
 __all__ = [
+    "DEVICES",
     "RUNTIMES",
+    "AcceleratorUnavailableError",
     "OnnxRuntime",
     "Runtime",
     "TorchScriptRuntime",
@@ -24,14 +26,15 @@ RUNTIMES: dict[str, type[Runtime]] = {
 }
 
 
-def get_runtime(name: str) -> Runtime:
-    """A new instance of the runtime registered as `name`, with default settings."""
+def get_runtime(name: str, *, device: str = "cpu") -> Runtime:
+    """A new instance of the runtime registered as `name`, computing on `device` (`"cpu"` or
+    `"cuda"`, where the runtime supports it; whether the GPU is there is checked at `load`)."""
     if name not in RUNTIMES:
         raise ValueError(
             f"The value of `runtime` is {name!r}, but must be one of "
             f"{', '.join(repr(n) for n in RUNTIMES)}."
         )
-    return RUNTIMES[name]()
+    return RUNTIMES[name](device=device)
 
 
 def default_runtime() -> str:

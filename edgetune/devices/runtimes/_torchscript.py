@@ -2,39 +2,33 @@
 
 from __future__ import annotations
 
-import logging
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from edgetune.devices.runtimes._base import Runtime
+from edgetune.devices.runtimes._base import AcceleratorUnavailableError, Runtime, torch_sees_cuda
 
 if TYPE_CHECKING:
     import numpy as np
-
-logger = logging.getLogger(__name__)
-
-_DEVICES = ("cpu", "cuda")
 
 
 class TorchScriptRuntime(Runtime):
     """Runs TorchScript artifacts under `torch.inference_mode`.
 
-    `device="cuda"` runs on the GPU when torch sees one (and falls back to the CPU with a
-    warning when it does not); every run then waits for the GPU, so the time is real.
-    `torch.set_num_threads` is process-wide: `load` sets it and `close` restores it.
+    `device="cuda"` runs on the first GPU torch sees, and `load` raises
+    `AcceleratorUnavailableError` when it sees none. On the GPU the input is copied there once,
+    at the first run, and every run ends with `torch.cuda.synchronize()`: kernel launches are
+    asynchronous, so without it the clock would stop when the last launch was queued rather
+    than when the result exists. `torch.set_num_threads` is process-wide: `load` sets it and
+    `close` restores it.
     """
 
     name: ClassVar[str] = "torchscript"
     artifact_format: ClassVar[str] = "torchscript"
+    devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
 
     def __init__(self, *, device: str = "cpu") -> None:
-        if device not in _DEVICES:
-            raise ValueError(
-                f"The value of `device` is {device!r}, but must be one of "
-                f"{', '.join(repr(d) for d in _DEVICES)}."
-            )
-        self.device = device
+        super().__init__(device=device)
         self._module: Any = None
         self._previous_threads: int | None = None
         # The measurer passes the same array every run; convert it (and copy it to the GPU)
@@ -45,9 +39,12 @@ class TorchScriptRuntime(Runtime):
     def load(self, path: Path, *, threads: int) -> None:
         import torch
 
-        if self.device == "cuda" and not torch.cuda.is_available():
-            logger.warning("torch sees no CUDA device; measuring TorchScript on the CPU")
-            self.device = "cpu"
+        if self.device == "cuda" and not torch_sees_cuda():
+            raise AcceleratorUnavailableError(
+                "The value of `device` is 'cuda', but torch sees no CUDA GPU here "
+                f"(torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'}); "
+                "measure with device 'cpu' or on a machine with a GPU."
+            )
         self._previous_threads = torch.get_num_threads()
         torch.set_num_threads(threads)
         # torch.jit is deprecated in favour of torch.export, but TorchScript artifacts remain

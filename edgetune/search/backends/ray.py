@@ -70,6 +70,7 @@ class RayTrialTask:
     checkpoints: bool
     storage_url: str
     probe_timeout_s: float
+    tenant: str  # the job's: whose devices measure its trials
 
 
 def run_ray_trial(config: dict[str, Any], task: RayTrialTask) -> None:
@@ -112,7 +113,7 @@ def run_ray_trial(config: dict[str, Any], task: RayTrialTask) -> None:
             result = train_and_measure(
                 spec, params, artifact_dir=Path(task.artifact_dir), study_name=task.study_name,
                 latency=task.latency, report=report, storage_url=task.storage_url,
-                probe_timeout_s=task.probe_timeout_s,
+                probe_timeout_s=task.probe_timeout_s, tenant=task.tenant,
                 checkpoint_dir=checkpoint_dir if task.checkpoints else None,
             )
         except TrialPruned as e:  # past a latency constraint before training
@@ -192,6 +193,7 @@ class RayBackend:
             study_name=job.study_name, latency=self.latency,
             checkpoints=spec.algorithm.pruner in ("hyperband", "pbt"),
             storage_url=self.storage_url, probe_timeout_s=self.probe_timeout_s,
+            tenant=job.tenant,
         )
         search_alg: Searcher | None = StudySearcher(trials)
         param_space: dict[str, Any] = {}
