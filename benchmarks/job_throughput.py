@@ -15,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _token import use_token
+
 from edgetune.cli import free_port, wait_for_server
 from edgetune.client import Client
 
@@ -56,6 +58,7 @@ def run(parallelism: int) -> dict[str, float]:
 
 
 def main() -> None:
+    use_token()
     results = {p: run(p) for p in (1, 2)}
     lines = [
         "# Job throughput",

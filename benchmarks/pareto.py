@@ -22,6 +22,7 @@ from types import ModuleType
 
 import numpy as np
 import optuna
+from _token import use_token
 from optuna._hypervolume import compute_hypervolume
 from optuna.study._multi_objective import _fast_non_domination_rank
 
@@ -213,7 +214,8 @@ def endpoint_section() -> list[str]:
         )
         base = f"http://127.0.0.1:{port}/api/v1/jobs/{job.id}"
         try:
-            with httpx.Client(timeout=60) as http:
+            headers = {"Authorization": f"Bearer {use_token()}"}
+            with httpx.Client(timeout=60, headers=headers) as http:
                 for _ in range(600):
                     try:
                         http.get(f"http://127.0.0.1:{port}/api/v1/health")
@@ -257,6 +259,7 @@ def endpoint_section() -> list[str]:
 
 
 def main() -> int:
+    use_token()
     lines = [*header(), *hypervolume_section(), *ranking_section(), *endpoint_section()]
     if disagreements:
         lines += ["## Disagreements", "", *(f"- {d}" for d in disagreements), ""]

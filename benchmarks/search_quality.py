@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _token import use_token
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -215,6 +216,7 @@ def fmt(value: float | None, digits: int = 4) -> str:
 
 
 def main() -> None:
+    use_token()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few trials, one seed: a smoke run")
     parser.add_argument("--workers", type=int, default=2)

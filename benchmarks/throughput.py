@@ -41,6 +41,7 @@ from typing import Any
 
 import httpx
 import sqlalchemy as sa
+from _token import use_token
 
 from edgetune.cli import free_port, wait_for_server
 from edgetune.client import APIError, Client
@@ -675,6 +676,7 @@ def report(sections: list[Section], command: str, quick: bool) -> str:
 
 
 def main() -> None:
+    use_token()
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -14,7 +14,7 @@ import threading
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, Literal, NoReturn
 
 import typer
 import yaml
@@ -214,6 +214,12 @@ def agent(
     runtime: Annotated[list[str] | None, typer.Option(
         help="A runtime this device measures with (repeat for several).")] = None,
     threads: Annotated[int, typer.Option(min=1, help="Threads a measurement uses.")] = 1,
+    device: Annotated[str, typer.Option(
+        help="What models compute on: cpu, or cuda (the first GPU; refused without one).")
+    ] = "cpu",
+    cpus: Annotated[str, typer.Option(
+        help="CPU ids to pin each measurement to, e.g. 2,3; 'auto': the first --threads the "
+             "agent may use; 'none': unpinned.")] = "auto",
     heartbeat_s: Annotated[float, typer.Option(
         min=0.05, help="Seconds between heartbeats.")] = 5.0,
     poll_s: Annotated[float, typer.Option(
@@ -231,7 +237,8 @@ def agent(
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         runner = Agent(server, name=name, token=token, runtimes=runtime or ["onnxruntime"],
-                       threads=threads, heartbeat_s=heartbeat_s, poll_s=poll_s)
+                       threads=threads, device=device, cpus=_cpu_list(cpus),
+                       heartbeat_s=heartbeat_s, poll_s=poll_s)
     except ValueError as e:
         _fail(str(e))
     runner.install_signal_handlers()
@@ -239,6 +246,17 @@ def agent(
         runner.run()
     except Exception as e:
         _fail(f"the agent stopped: {e}")
+
+
+def _cpu_list(value: str) -> list[int] | Literal["auto", "none"]:
+    if value == "auto":
+        return "auto"
+    if value == "none":
+        return "none"
+    try:
+        return [int(part) for part in value.split(",")]
+    except ValueError:
+        _fail(f"--cpus is {value!r}, but must be 'auto', 'none' or CPU ids such as 0,1")
 
 
 # --- operating it ----------------------------------------------------------------------------

@@ -21,7 +21,27 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class Settings(BaseSettings):
+class PoolSettings(BaseSettings):
+    """The PostgreSQL connection pool of each engine. Every engine reads these from the
+    environment when it is made (`edgetune.storage.db.engine_kwargs`), so the API, its workers
+    and their trial processes, started with one environment, all size their pools alike. Each
+    process holds two engines per database (edgetune's and Optuna's): size the server's
+    `max_connections` for processes x 2 x (pool + overflow)."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGETUNE_", extra="ignore")
+
+    db_pool_size: int = Field(
+        default=5, ge=1, le=1000,
+        description="Connections an engine keeps open to PostgreSQL (SQLAlchemy `pool_size`).",
+    )
+    db_max_overflow: int = Field(
+        default=10, ge=0, le=1000,
+        description="Connections an engine may open beyond its pool when busy "
+                    "(`max_overflow`); closed again when returned.",
+    )
+
+
+class Settings(PoolSettings):
     """Every knob of the server and its workers. Paths are resolved when read."""
 
     model_config = SettingsConfigDict(env_prefix="EDGETUNE_", extra="ignore")

@@ -19,12 +19,13 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
 from edgetune.devices.latency import MeasureConfig, measure_latency
-from edgetune.devices.runtimes import RUNTIMES
+from edgetune.devices.runtimes import DEVICES, RUNTIMES, AcceleratorUnavailableError
+from edgetune.devices.runtimes._base import torch_sees_cuda
 
 __all__ = ["Agent", "describe_hardware"]
 
@@ -40,6 +41,15 @@ class Agent:
     heartbeat thread, then leases probes and measures them one at a time until `stop()` (or
     SIGTERM/SIGINT after `install_signal_handlers()`).
 
+    `device` is what the models compute on: `"cpu"`, or `"cuda"` (the first GPU, each run
+    synchronized with it). An agent asked for `"cuda"` on a machine without a usable GPU
+    refuses to start rather than report CPU times as the GPU's; the device's hardware
+    description says which one it measures on (`measures_on`).
+
+    `cpus` are the CPU ids each measurement is pinned to (`MeasureConfig.cpus`); by default the
+    first `threads` of the CPUs the agent may run on, "none" leaves measurements unpinned. The
+    hardware description reports them (`pinned_cpus`).
+
     Every probe ends reported: done with its statistics, or failed with the reason (a download
     that is too large or whose sha256 is wrong, a model the runtime cannot load or run). Only
     an agent that dies leaves its probe to the lease's expiry.
@@ -53,6 +63,8 @@ class Agent:
         token: str | None = None,
         runtimes: Sequence[str] = ("onnxruntime",),
         threads: int = 1,
+        device: str = "cpu",
+        cpus: Sequence[int] | Literal["auto", "none"] = "auto",
         heartbeat_s: float = 5.0,
         poll_s: float = 10.0,
         max_artifact_bytes: int = 1 << 30,
@@ -66,6 +78,8 @@ class Agent:
                                  f"{', '.join(map(repr, RUNTIMES))}.")
         if threads < 1:
             raise ValueError(f"The value of `threads` is {threads}, but must be >= 1.")
+        _check_device(device, runtimes)
+        self.cpus = _pinned_cpus(cpus, threads)
         if not heartbeat_s > 0:
             raise ValueError(f"The value of `heartbeat_s` is {heartbeat_s}, but must be > 0.")
         if not 0 <= poll_s <= 30:
@@ -76,6 +90,7 @@ class Agent:
         self.name = name
         self.runtimes = list(runtimes)
         self.threads = threads
+        self.device = device
         self.heartbeat_s = heartbeat_s
         self.poll_s = poll_s
         self.max_artifact_bytes = max_artifact_bytes
@@ -130,10 +145,7 @@ class Agent:
 
     def register(self) -> str:
         """Register this machine as the device `name` (re-attaching when it exists)."""
-        response = self._http.post("/devices", json={
-            "name": self.name, "runtimes": self.runtimes, "hardware": describe_hardware(),
-            "threads": self.threads,
-        })
+        response = self._http.post("/devices", json=self._registration())
         _check(response)
         self.device_id = str(response.json()["id"])
         logger.info("agent %s: %s device %r (%s)", self.agent_id,
@@ -179,7 +191,7 @@ class Agent:
             min_repeats=int(probe["min_repeats"]), min_time_s=min_time_s,
             # A slow model stops at this bound with fewer repeats, rather than holding its
             # lease on and on.
-            max_time_s=max(10.0, 2 * min_time_s),
+            max_time_s=max(10.0, 2 * min_time_s), device=self.device, cpus=self.cpus,
         )
         shape = [int(probe["batch_size"]), *(int(d) for d in probe["input_shape"])]
         with tempfile.TemporaryDirectory(prefix="edgetune-agent-") as tmp:
@@ -189,7 +201,8 @@ class Agent:
             measure_s = time.perf_counter() - start
         # `measure_s` (loading, warm-up and timed runs) lets a client tell the measurement
         # from the queue's own round trip.
-        return {**measured.as_dict(), "agent": self.agent_id, "measure_s": measure_s}
+        return {**measured.as_dict(), "agent": self.agent_id, "measure_s": measure_s,
+                "cpus": list(self.cpus) if self.cpus else None}
 
     def download(self, sha256: str, directory: Path) -> Path:
         """Fetch the artifact into `directory`, refusing more than `max_artifact_bytes` and any
@@ -249,12 +262,45 @@ class Agent:
                 logger.warning("agent %s: heartbeat failed: %s", self.agent_id, e)
 
     def _register_again(self) -> str | None:
-        response = self._heartbeat_http.post("/devices", json={
-            "name": self.name, "runtimes": self.runtimes, "hardware": describe_hardware(),
-            "threads": self.threads,
-        })
+        response = self._heartbeat_http.post("/devices", json=self._registration())
         _check(response)
         return str(response.json()["id"])
+
+    def _registration(self) -> dict[str, Any]:
+        return {"name": self.name, "runtimes": self.runtimes, "threads": self.threads,
+                "hardware": {**describe_hardware(), "measures_on": self.device,
+                             "pinned_cpus": list(self.cpus) if self.cpus else None}}
+
+
+def _pinned_cpus(cpus: Sequence[int] | str, threads: int) -> tuple[int, ...] | None:
+    if cpus == "none":
+        return None
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    if cpus == "auto":
+        # Where the OS cannot pin, or there are fewer CPUs than threads, leave it be.
+        return tuple(allowed[:threads]) if allowed and len(allowed) >= threads else None
+    if isinstance(cpus, str) or not cpus:
+        raise ValueError(f"The value of `cpus` is {cpus!r}, but must be 'auto', 'none' or CPU "
+                         "ids.")
+    chosen = tuple(int(c) for c in cpus)
+    if allowed is not None and not set(chosen) <= set(allowed):
+        raise ValueError(f"The value of `cpus` is {list(chosen)}, but this agent may run on "
+                         f"CPUs {allowed} only.")
+    return chosen
+
+
+def _check_device(device: str, runtimes: Sequence[str]) -> None:
+    if device not in DEVICES:
+        raise ValueError(f"The value of `device` is {device!r}, but must be one of "
+                         f"{', '.join(map(repr, DEVICES))}.")
+    for runtime in runtimes:
+        if device not in RUNTIMES[runtime].devices:
+            raise ValueError(f"The value of `device` is {device!r}, but runtime {runtime!r} "
+                             f"computes only on {', '.join(map(repr, RUNTIMES[runtime].devices))}.")
+    if device == "cuda" and not torch_sees_cuda():
+        raise AcceleratorUnavailableError(
+            "The value of `device` is 'cuda', but no CUDA GPU is visible here (torch sees none); "
+            "run the agent with device 'cpu' or on a machine with a GPU.")
 
 
 def describe_hardware() -> dict[str, Any]:

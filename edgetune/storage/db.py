@@ -13,6 +13,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from edgetune.errors import MissingDependencyError
+from edgetune.settings import PoolSettings
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
 
@@ -27,7 +28,9 @@ def engine_kwargs(url: str) -> dict[str, Any]:
             "psycopg2"
         ) is None:
             raise MissingDependencyError("psycopg", "postgres")
-        return {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 10}
+        pool = PoolSettings()
+        return {"pool_pre_ping": True, "pool_size": pool.db_pool_size,
+                "max_overflow": pool.db_max_overflow}
     return {}
 
 

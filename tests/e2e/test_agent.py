@@ -131,6 +131,8 @@ def test_an_agent_registers_measures_a_probe_and_goes_offline_when_stopped(
     assert device.threads == 1
     assert device.hardware["cores"] >= 1 and device.hardware["cpu"]
     assert "onnxruntime" in device.hardware["libraries"]
+    assert device.hardware["measures_on"] == "cpu"
+    assert device.hardware["pinned_cpus"] == [min(os.sched_getaffinity(0))]
 
     probe = client.probe(model, device="edge-a", input_shape=[16], batch_size=1, **QUICK)
     assert probe.status in ("pending", "leased", "done")
@@ -139,6 +141,8 @@ def test_an_agent_registers_measures_a_probe_and_goes_offline_when_stopped(
     assert done.result is not None
     result = done.result
     assert result.n >= QUICK["min_repeats"] and result.threads == 1
+    assert result.model_extra is not None and result.model_extra["device"] == "cpu"
+    assert result.model_extra["cpus"] == device.hardware["pinned_cpus"]
     assert 0 < result.p50_ms <= result.p90_ms and result.mean_ms > 0 and result.std_ms >= 0
     assert result.model_extra is not None and result.model_extra["batch_size"] == 1
     assert done.attempts == 1 and done.lease_owner == result.model_extra["agent"]

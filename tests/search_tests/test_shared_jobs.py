@@ -7,36 +7,18 @@ import re
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
 import pytest
-import sqlalchemy as sa
 
 from edgetune.spec import JobSpec
 from edgetune.storage import JobRepository, JobStatus, open_database
 
 pytestmark = pytest.mark.slow
 
-POSTGRES_ADMIN_URL = os.environ.get(
-    "EDGETUNE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 STARTED = re.compile(r"job \S+: trial (\d+) started")
-
-
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"edgetune_test_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    yield admin.url.set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin.dispose()
 
 
 def start_workers(n: int, url: str, tmp: Path) -> list[tuple[subprocess.Popen[bytes], Path]]:
