@@ -26,6 +26,7 @@ from sqlalchemy import text
 from edgetune.errors import ConflictError, InvalidSpecError, NotFoundError
 from edgetune.search.backends.optuna import (
     BudgetState,
+    TrialRef,
     fail_dead_trials,
     job_outcome,
     load_job_study,
@@ -130,8 +131,7 @@ class AskTellStudies:
         if state == "complete":
             _ordered(js.spec, values)  # every objective, or a 422 before anything is stored
         result = {"state": state, "metrics": {**metrics, **values}, "error": error}
-        ended = tell_result(js.study, optuna.Trial(js.study, trial_id), js.spec.metric_names,
-                            result)
+        ended = tell_result(js.study, TrialRef(trial_id, number), js.spec.metric_names, result)
         self._end_job_if_done(js, job)
         return ended
 

@@ -13,6 +13,7 @@ from edgetune.spaces import (
     Param,
     ParamValue,
 )
+from edgetune.storage.optuna_storage import params_in_one_write
 
 if TYPE_CHECKING:
     import optuna
@@ -24,23 +25,28 @@ def suggest(trial: optuna.Trial, params: Sequence[Param]) -> dict[str, ParamValu
     `params` must come in the order `resolve_space` gives, each after the parameter its
     condition names. A parameter is active when it has no condition, or when its condition's
     parameter was sampled (was itself active) and took one of the condition's values; the
-    result holds the active parameters only.
+    result holds the active parameters only. On the service's database the suggested values
+    are stored together, in one transaction (`params_in_one_write`).
     """
     values: dict[str, ParamValue] = {}
-    for p in params:
-        if p.condition is not None and not p.condition.holds(values):
-            continue
-        if isinstance(p, FloatParam):
-            values[p.name] = trial.suggest_float(p.name, p.low, p.high, log=p.log, step=p.step)
-        elif isinstance(p, IntParam):
-            values[p.name] = trial.suggest_int(p.name, p.low, p.high, log=p.log, step=p.step)
-        elif isinstance(p, CategoricalParam):
-            values[p.name] = cast(ParamValue, trial.suggest_categorical(p.name, p.choices))
-        elif isinstance(p, FixedParam):
-            values[p.name] = p.value
-        else:  # pragma: no cover - the Param union is closed
-            raise TypeError(f"unknown parameter type {type(p).__name__}")
+    with params_in_one_write(trial):
+        for p in params:
+            if p.condition is not None and not p.condition.holds(values):
+                continue
+            values[p.name] = _suggest_one(trial, p)
     return values
+
+
+def _suggest_one(trial: optuna.Trial, p: Param) -> ParamValue:
+    if isinstance(p, FloatParam):
+        return trial.suggest_float(p.name, p.low, p.high, log=p.log, step=p.step)
+    if isinstance(p, IntParam):
+        return trial.suggest_int(p.name, p.low, p.high, log=p.log, step=p.step)
+    if isinstance(p, CategoricalParam):
+        return cast(ParamValue, trial.suggest_categorical(p.name, p.choices))
+    if isinstance(p, FixedParam):
+        return p.value
+    raise TypeError(f"unknown parameter type {type(p).__name__}")  # pragma: no cover
 
 
 def to_optuna_distributions(

@@ -268,8 +268,17 @@ class OptunaBackend:
                 logger.exception("could not mark trial %d failed", run.trial.number)
         running.clear()
 
+@dataclass(frozen=True)
+class TrialRef:
+    """A trial by its storage id and number: enough to tell it, without building an
+    `optuna.Trial` (which reads the whole trial back and hands it to the sampler)."""
+
+    trial_id: int
+    number: int
+
+
 def tell_result(
-    study: optuna.Study, trial: optuna.Trial, metric_names: list[str],
+    study: optuna.Study, trial: optuna.Trial | TrialRef, metric_names: list[str],
     result: Mapping[str, Any],
 ) -> TrialState:
     """Record the result on the trial and finish it; returns the state it ended in.
@@ -277,43 +286,51 @@ def tell_result(
     A trial that is already finished (another worker took the job over and failed it as
     a leftover) is left as it is.
     """
+    trial_id = trial._trial_id if isinstance(trial, optuna.Trial) else trial.trial_id
     try:
-        return _record(study, trial, metric_names, result)
+        return _record(study, trial, trial_id, metric_names, result)
     except (UpdateFinishedTrialError, ValueError) as e:
-        current = study._storage.get_trial(trial._trial_id).state
+        current = study._storage.get_trial(trial_id).state
         if current.is_finished():
             logger.warning("trial %d was already %s: %s", trial.number, current.name, e)
             return current
         raise
 
+
 def _record(
-    study: optuna.Study, trial: optuna.Trial, metric_names: list[str],
-    result: Mapping[str, Any],
+    study: optuna.Study, trial: optuna.Trial | TrialRef, trial_id: int,
+    metric_names: list[str], result: Mapping[str, Any],
 ) -> TrialState:
+    # What `Trial.set_user_attr` does, for a `TrialRef` too.
+    def set_attr(key: str, value: Any) -> None:
+        study._storage.set_trial_user_attr(trial_id, key, value)
+
+    told = trial if isinstance(trial, optuna.Trial) else trial.number
     metrics = {k: float(v) for k, v in result.get("metrics", {}).items()}
     for key, value in metrics.items():
-        trial.set_user_attr(key, value)
+        set_attr(key, value)
     for key, value in result.get("user_attrs", {}).items():
-        trial.set_user_attr(key, value)
+        set_attr(key, value)
     state = result["state"]
     if state == "complete":
         values = [metrics.get(key, math.nan) for key in metric_names]
         missing = [k for k, v in zip(metric_names, values, strict=True)
                    if not math.isfinite(v)]
         if not missing:
-            study.tell(trial, values)
+            study.tell(told, values)
             return TrialState.COMPLETE
         state, result = "failed", {"error": f"the trial did not measure {', '.join(missing)}"}
     if state == "pruned":
-        study.tell(trial, state=TrialState.PRUNED)
+        study.tell(told, state=TrialState.PRUNED)
         return TrialState.PRUNED
-    trial.set_user_attr(ERROR_ATTR, str(result.get("error")))
+    set_attr(ERROR_ATTR, str(result.get("error")))
     if result.get("traceback"):
-        trial.set_user_attr("traceback", str(result["traceback"])[-4000:])
+        set_attr("traceback", str(result["traceback"])[-4000:])
     if result.get("infra"):
-        trial.set_user_attr(INFRA_FAILURE_KEY, True)
-    study.tell(trial, state=TrialState.FAIL)
+        set_attr(INFRA_FAILURE_KEY, True)
+    study.tell(told, state=TrialState.FAIL)
     return TrialState.FAIL
+
 
 @dataclass(frozen=True)
 class BudgetState:
