@@ -4,6 +4,7 @@ token every test process, server and agent shares."""
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,26 +32,92 @@ POSTGRES_ADMIN_URL = os.environ.get(
 )
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A fresh database on the test PostgreSQL, dropped afterwards (skipped without one)."""
-    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+def _create_database(admin: sa.Engine, template: str | None = None) -> str:
     name = f"edgetune_test_{uuid.uuid4().hex[:12]}"
+    suffix = f" TEMPLATE {template}" if template else ""
     try:
         with admin.connect() as conn:
-            conn.exec_driver_sql(f"CREATE DATABASE {name}")
+            conn.exec_driver_sql(f"CREATE DATABASE {name}{suffix}")
     except sa.exc.OperationalError as e:  # pragma: no cover - CI always has PostgreSQL
         pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL}: {e}")
-    yield admin.url.set(database=name).render_as_string(hide_password=False)
+    return name
+
+
+def _drop_database(admin: sa.Engine, name: str) -> None:
     with admin.connect() as conn:
         conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def _migrate_and_close(url: str) -> None:
+    """Bring a database to head as the service does, and close every connection to it."""
+    from edgetune.storage import open_database
+    from edgetune.storage.optuna_storage import optuna_storage
+
+    open_database(url).dispose()
+    optuna_storage(url).engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def _migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite database at head, made once: each test gets a copy (migrating takes ~0.7 s)."""
+    import sqlite3
+
+    path = tmp_path_factory.mktemp("template") / "edgetune.db"
+    _migrate_and_close(f"sqlite:///{path}")
+    with sqlite3.connect(path) as conn:  # everything into the main file, which is copied
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def _migrated_postgres() -> Iterator[str]:
+    """A PostgreSQL database at head, made once, that test databases are created from."""
+    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = _create_database(admin)
+    _migrate_and_close(admin.url.set(database=name).render_as_string(hide_password=False))
+    yield name
+    _drop_database(admin, name)
+    admin.dispose()
+
+
+@pytest.fixture
+def fresh_data_dir(tmp_path: Path, _migrated_sqlite: Path) -> Path:
+    """A data directory whose SQLite database is already at head, as after a first start."""
+    shutil.copyfile(_migrated_sqlite, tmp_path / "edgetune.db")
+    return tmp_path
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty database on the test PostgreSQL, dropped afterwards (skipped without
+    one)."""
+    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = _create_database(admin)
+    yield admin.url.set(database=name).render_as_string(hide_password=False)
+    _drop_database(admin, name)
     admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The storage contract's database: a SQLite file, then a fresh PostgreSQL database."""
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty SQLite file, then an empty PostgreSQL database: for migration tests."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'edgetune.db'}"
     url: str = request.getfixturevalue("postgres_url")
     return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The storage contract's database, already at head: a SQLite file, then a PostgreSQL
+    database (copies of a database migrated once per session)."""
+    if request.param == "sqlite":
+        shutil.copyfile(request.getfixturevalue("_migrated_sqlite"), tmp_path / "edgetune.db")
+        yield f"sqlite:///{tmp_path / 'edgetune.db'}"
+        return
+    template = request.getfixturevalue("_migrated_postgres")
+    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = _create_database(admin, template=template)
+    yield admin.url.set(database=name).render_as_string(hide_password=False)
+    _drop_database(admin, name)
+    admin.dispose()

@@ -15,8 +15,8 @@ from edgetune.storage import DeviceRepository, ProbeRepository, open_database
 
 
 @pytest.fixture
-def settings(tmp_path) -> Settings:
-    return Settings(data_dir=tmp_path)
+def settings(fresh_data_dir) -> Settings:
+    return Settings(data_dir=fresh_data_dir)
 
 
 @pytest.fixture

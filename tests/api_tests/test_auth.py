@@ -30,8 +30,8 @@ def app_client(settings: Settings, **headers: str) -> TestClient:
 
 
 @pytest.fixture
-def client(tmp_path) -> Iterator[TestClient]:
-    with app_client(Settings(data_dir=tmp_path)) as c:
+def client(fresh_data_dir) -> Iterator[TestClient]:
+    with app_client(Settings(data_dir=fresh_data_dir)) as c:
         yield c
 
 

@@ -24,8 +24,8 @@ QUICK = {"warmup": 1, "min_repeats": 5, "min_time_s": 0.0}
 
 
 @pytest.fixture
-def settings(tmp_path) -> Settings:
-    return Settings(data_dir=tmp_path, max_body_bytes=1024, max_upload_bytes=4096)
+def settings(fresh_data_dir) -> Settings:
+    return Settings(data_dir=fresh_data_dir, max_body_bytes=1024, max_upload_bytes=4096)
 
 
 @pytest.fixture

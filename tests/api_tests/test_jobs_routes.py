@@ -11,8 +11,8 @@ from edgetune.settings import Settings
 
 
 @pytest.fixture
-def client(tmp_path):
-    with TestClient(create_app(Settings(data_dir=tmp_path)), headers=auth_headers()) as c:
+def client(fresh_data_dir):
+    with TestClient(create_app(Settings(data_dir=fresh_data_dir)), headers=auth_headers()) as c:
         yield c
 
 

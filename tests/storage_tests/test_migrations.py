@@ -150,7 +150,10 @@ def _ours(name: str | None, type_: str, _parent: object) -> bool:
     return type_ != "table" or (name or "").startswith(PREFIX)
 
 
-def test_upgrading_revision_by_revision_gives_the_models_schema(database_url: str) -> None:
+def test_upgrading_revision_by_revision_gives_the_models_schema(
+    empty_database_url: str,
+) -> None:
+    database_url = empty_database_url
     config = alembic_config(database_url)
     engine = make_engine(database_url)
     try:
@@ -171,10 +174,11 @@ def test_upgrading_revision_by_revision_gives_the_models_schema(database_url: st
 
 
 def test_a_frozen_databases_jobs_upgrade_on_every_database(
-    frozen_url: str, database_url: str
+    frozen_url: str, empty_database_url: str
 ) -> None:
     """The data migrations on PostgreSQL too: our rows of a frozen database, copied into a
     database at the same revision, read back after the upgrade to head."""
+    database_url = empty_database_url
     command.upgrade(alembic_config(database_url), frozen_revision(Path(frozen_url)))
     source = make_engine(frozen_url)
     target = make_engine(database_url)
