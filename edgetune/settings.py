@@ -42,9 +42,8 @@ class PoolSettings(BaseSettings):
 
 
 class Settings(PoolSettings):
-    """Every knob of the server and its workers. Paths are resolved when read."""
-
-    model_config = SettingsConfigDict(env_prefix="EDGETUNE_", extra="ignore")
+    """Every knob of the server and its workers (`EDGETUNE_*`, as `PoolSettings`). Paths are
+    resolved when read."""
 
     env: Literal["development", "production"] = "development"
     data_dir: Path = Field(default=Path("edgetune-data"), description="SQLite file, artifacts.")

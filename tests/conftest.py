@@ -3,6 +3,7 @@ token every test process, server and agent shares."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
@@ -32,7 +33,11 @@ POSTGRES_ADMIN_URL = os.environ.get(
 )
 
 
-def _create_database(admin: sa.Engine, template: str | None = None) -> str:
+@contextlib.contextmanager
+def _postgres_database(template: str | None = None) -> Iterator[str]:
+    """A new database on the test PostgreSQL (a copy of `template` if given), dropped after
+    the block; the test is skipped where PostgreSQL does not answer."""
+    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
     name = f"edgetune_test_{uuid.uuid4().hex[:12]}"
     suffix = f" TEMPLATE {template}" if template else ""
     try:
@@ -40,12 +45,12 @@ def _create_database(admin: sa.Engine, template: str | None = None) -> str:
             conn.exec_driver_sql(f"CREATE DATABASE {name}{suffix}")
     except sa.exc.OperationalError as e:  # pragma: no cover - CI always has PostgreSQL
         pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL}: {e}")
-    return name
-
-
-def _drop_database(admin: sa.Engine, name: str) -> None:
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    try:
+        yield admin.url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.dispose()
 
 
 def _migrate_and_close(url: str) -> None:
@@ -72,12 +77,9 @@ def _migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def _migrated_postgres() -> Iterator[str]:
     """A PostgreSQL database at head, made once, that test databases are created from."""
-    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = _create_database(admin)
-    _migrate_and_close(admin.url.set(database=name).render_as_string(hide_password=False))
-    yield name
-    _drop_database(admin, name)
-    admin.dispose()
+    with _postgres_database() as url:
+        _migrate_and_close(url)
+        yield sa.engine.make_url(url).database or ""
 
 
 @pytest.fixture
@@ -91,11 +93,8 @@ def fresh_data_dir(tmp_path: Path, _migrated_sqlite: Path) -> Path:
 def postgres_url() -> Iterator[str]:
     """A fresh, empty database on the test PostgreSQL, dropped afterwards (skipped without
     one)."""
-    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = _create_database(admin)
-    yield admin.url.set(database=name).render_as_string(hide_password=False)
-    _drop_database(admin, name)
-    admin.dispose()
+    with _postgres_database() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -108,16 +107,11 @@ def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """The storage contract's database, already at head: a SQLite file, then a PostgreSQL
     database (copies of a database migrated once per session)."""
     if request.param == "sqlite":
-        shutil.copyfile(request.getfixturevalue("_migrated_sqlite"), tmp_path / "edgetune.db")
-        yield f"sqlite:///{tmp_path / 'edgetune.db'}"
+        yield f"sqlite:///{request.getfixturevalue('fresh_data_dir') / 'edgetune.db'}"
         return
-    template = request.getfixturevalue("_migrated_postgres")
-    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = _create_database(admin, template=template)
-    yield admin.url.set(database=name).render_as_string(hide_password=False)
-    _drop_database(admin, name)
-    admin.dispose()
+    with _postgres_database(template=request.getfixturevalue("_migrated_postgres")) as url:
+        yield url

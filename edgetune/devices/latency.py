@@ -109,24 +109,26 @@ def measure_latency(
     engine = get_runtime(runtime, device=config.device)
     inputs = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
 
-    try:
-        with pinned(config.cpus):
+    # A CPU set this process may not use is the request's error, not the model's.
+    with pinned(config.cpus):
+        try:
             engine.load(Path(artifact_path), threads=config.threads)
             for _ in range(config.warmup):
                 engine.run_once(inputs)
             samples_ns = _time_runs(engine.run_once, inputs, config)
-    except (MissingDependencyError, AcceleratorUnavailableError):
-        raise  # the install or the request needs fixing, not the trial
-    except Exception as e:
-        raise TrialFailed(
-            f"runtime {runtime!r} failed on {Path(artifact_path).name}: {type(e).__name__}: {e}"
-        ) from e
-    finally:
-        try:
-            engine.close()
-        except Exception:
-            # Do not hide the measurement (or its error) behind a failing cleanup.
-            logger.exception("runtime %r failed to close", runtime)
+        except (MissingDependencyError, AcceleratorUnavailableError):
+            raise  # the install or the request needs fixing, not the trial
+        except Exception as e:
+            raise TrialFailed(
+                f"runtime {runtime!r} failed on {Path(artifact_path).name}: "
+                f"{type(e).__name__}: {e}"
+            ) from e
+        finally:
+            try:
+                engine.close()
+            except Exception:
+                # Do not hide the measurement (or its error) behind a failing cleanup.
+                logger.exception("runtime %r failed to close", runtime)
 
     ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
     p50, p90 = np.percentile(ms, [50, 90])

@@ -93,10 +93,11 @@ def params_in_one_write(trial: optuna.Trial) -> Iterator[None]:
     """Sample `trial` in the block, and store the parameters it suggests in one transaction
     at the end, rather than one each: Optuna writes every `suggest_*` on its own (a trial
     lookup, an insert and a commit), which for a trial of 8 parameters on PostgreSQL is
-    most of an ask. The rows, the checks (the trial still running, each distribution
-    compatible with the study's) and the cached distributions are Optuna's own
-    (`RDBStorage._set_trial_param_without_commit`); only the commits are fewer. Nothing is
-    stored if the block raises. A trial on another kind of storage is written as usual."""
+    most of an ask. The rows (`TrialParamModel`), the checks (the trial still running, each
+    distribution compatible with the study's) and the cache of the study's distributions are
+    those of `_CachedStorage.set_trial_param` and `RDBStorage._set_trial_param_without_commit`;
+    only the trial is looked up once and committed once. Nothing is stored if the block
+    raises. A trial on another kind of storage is written as usual."""
     from optuna.storages import RDBStorage
     from optuna.storages._cached_storage import _CachedStorage
 
@@ -136,7 +137,7 @@ class _ParamBuffer:
         from optuna.storages._rdb.storage import _create_scoped_session
 
         cached, backend = self._cached, self._cached._backend
-        with cached._lock:
+        with cached._lock:  # as `_CachedStorage.set_trial_param` holds it, and looks up
             study_id, _ = cached._trial_id_to_study_id_and_number[trial_id]
             known = cached._studies[study_id].param_distribution
             with _create_scoped_session(backend.scoped_session, True) as session:

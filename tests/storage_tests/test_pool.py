@@ -12,8 +12,8 @@ from edgetune.storage.db import engine_kwargs, make_engine
 from edgetune.storage.optuna_storage import optuna_storage
 
 
-def test_the_default_pool_is_five_plus_ten(postgres_url: str) -> None:
-    kwargs = engine_kwargs(postgres_url)
+def test_the_default_pool_is_five_plus_ten() -> None:
+    kwargs = engine_kwargs("postgresql+psycopg://postgres@127.0.0.1:5432/test")  # no connection
     assert (kwargs["pool_size"], kwargs["max_overflow"]) == (5, 10)
     assert "pool_size" not in engine_kwargs("sqlite:///x.db")  # SQLite opens a file, not a pool
 

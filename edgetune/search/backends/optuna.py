@@ -286,9 +286,11 @@ def tell_result(
     A trial that is already finished (another worker took the job over and failed it as
     a leftover) is left as it is.
     """
-    trial_id = trial._trial_id if isinstance(trial, optuna.Trial) else trial.trial_id
+    # `study.tell` takes the Trial itself, or a number (which it looks up).
+    trial_id, told = ((trial._trial_id, trial) if isinstance(trial, optuna.Trial)
+                      else (trial.trial_id, trial.number))
     try:
-        return _record(study, trial, trial_id, metric_names, result)
+        return _record(study, trial_id, told, metric_names, result)
     except (UpdateFinishedTrialError, ValueError) as e:
         current = study._storage.get_trial(trial_id).state
         if current.is_finished():
@@ -298,14 +300,13 @@ def tell_result(
 
 
 def _record(
-    study: optuna.Study, trial: optuna.Trial | TrialRef, trial_id: int,
-    metric_names: list[str], result: Mapping[str, Any],
+    study: optuna.Study, trial_id: int, told: optuna.Trial | int, metric_names: list[str],
+    result: Mapping[str, Any],
 ) -> TrialState:
     # What `Trial.set_user_attr` does, for a `TrialRef` too.
     def set_attr(key: str, value: Any) -> None:
         study._storage.set_trial_user_attr(trial_id, key, value)
 
-    told = trial if isinstance(trial, optuna.Trial) else trial.number
     metrics = {k: float(v) for k, v in result.get("metrics", {}).items()}
     for key, value in metrics.items():
         set_attr(key, value)
