@@ -89,14 +89,19 @@ class CategoricalParam(_Param):
 
     @model_validator(mode="after")
     def _check(self) -> CategoricalParam:
-        seen: set[tuple[str, ParamValue]] = set()
         for choice in self.choices:
             if isinstance(choice, float) and not math.isfinite(choice):
                 raise ValueError(f"choice {choice!r} is not a finite number")
-            key = (type(choice).__name__, choice)
-            if key in seen:
-                raise ValueError(f"choice {choice!r} is given twice")
-            seen.add(key)
+        # Optuna stores a choice as its index, found with `choices.index`, so it cannot tell
+        # apart choices that are equal in Python (1, True and 1.0; 0, False and -0.0): all are
+        # stored as the first, while the trial had the one it drew. Python's hash agrees with
+        # `==`, so a dict groups exactly the choices Optuna would take for one.
+        alike: dict[ParamValue, list[ParamValue]] = {}
+        for choice in self.choices:
+            alike.setdefault(choice, []).append(choice)
+        clashes = [same for same in alike.values() if len(same) > 1]
+        if clashes:
+            raise ValueError("; ".join(_clash(same) for same in clashes))
         return self
 
     def can_take(self, value: ParamValue) -> bool:
@@ -118,6 +123,16 @@ class FixedParam(_Param):
 Param = Annotated[
     FloatParam | IntParam | CategoricalParam | FixedParam, Field(discriminator="type")
 ]
+
+
+def _clash(same: list[ParamValue]) -> str:
+    """Why choices that are equal in Python cannot all be choices, for an error message."""
+    first = same[0]
+    if all(type(c) is type(first) and repr(c) == repr(first) for c in same):
+        return f"choice {first!r} is given {'twice' if len(same) == 2 else f'{len(same)} times'}"
+    listed = ", ".join(repr(c) for c in same)
+    return (f"choices {listed} are one choice to Optuna, which tells choices apart with `==` "
+            f"and would record each as {first!r}; keep one of them")
 
 
 def _same_value(a: ParamValue, b: ParamValue) -> bool:

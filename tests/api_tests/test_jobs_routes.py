@@ -48,6 +48,9 @@ def test_create_answers_201_with_the_queued_job(client: TestClient) -> None:
         ({"algorithm": {"sampler": "nope"}}, ["body", "algorithm", "sampler"], "known samplers"),
         ({"objectives": [{"name": "accuracy"}, {"name": "size_bytes"}],
           "algorithm": {"pruner": "median"}}, ["body", "algorithm", "pruner"], "for several: mo-asha"),
+        ({"space": {"name": None, "params": [
+            {"type": "categorical", "name": "a", "choices": [1, True, 1.0]}]}},
+         ["body", "space", "params", 0, "categorical"], "choices 1, True, 1.0 are one choice"),
     ],
 )
 def test_bad_spec_answers_422_naming_the_field(client, spec, loc, text) -> None:

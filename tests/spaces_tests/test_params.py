@@ -65,8 +65,46 @@ def test_a_bad_parameter_is_refused_with_its_rule(data: dict[str, Any], rule: st
 def test_a_categorical_takes_10000_choices_and_256_character_strings() -> None:
     assert len(CategoricalParam(name="a", choices=list(range(10_000))).choices) == 10_000
     assert CategoricalParam(name="a", choices=["x" * 256]).choices == ["x" * 256]
-    # 1 and True (or 1.0) are different choices, as Optuna keeps them.
-    assert CategoricalParam(name="a", choices=[1, True, 1.5, "1"]).choices == [1, True, 1.5, "1"]
+    # A string is never equal to a number, nor 1.5 to 1: Optuna tells these apart.
+    assert CategoricalParam(name="a", choices=[1, 1.5, "1"]).choices == [1, 1.5, "1"]
+    assert CategoricalParam(name="a", choices=[True, 2, 1.5, "1", "True"]).choices == [
+        True, 2, 1.5, "1", "True"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("choices", "named"),
+    [
+        ([1, True, 1.0], "choices 1, True, 1.0 are one choice to Optuna"),
+        (["a", 0, 2, False], "choices 0, False are one choice to Optuna"),
+        ([0.0, -0.0], "choices 0.0, -0.0 are one choice to Optuna"),
+        ([3, "x", 3.0], "choices 3, 3.0 are one choice to Optuna"),
+        ([True, 1.0, 0, False], "choices True, 1.0 are one choice to Optuna, which tells "
+                                "choices apart with `==` and would record each as True; "
+                                "keep one of them; choices 0, False are one choice"),
+        (["a", 1, "a"], "choice 'a' is given twice"),
+        ([2, 2, 2], "choice 2 is given 3 times"),
+    ],
+)
+def test_choices_optuna_cannot_tell_apart_are_refused_by_name(
+    choices: list[Any], named: str
+) -> None:
+    with pytest.raises(ValidationError, match=re.escape(named)):
+        CategoricalParam(name="a", choices=choices)
+
+
+def test_every_choice_the_check_accepts_has_an_index_of_its_own_in_optuna() -> None:
+    # The rule the check stands for: Optuna's CategoricalDistribution maps each accepted
+    # choice back to its own index (it looks choices up with `choices.index`).
+    from optuna.distributions import CategoricalDistribution
+
+    choices = CategoricalParam(name="a", choices=[True, 2, 1.5, "1", "True", 0, -3.25]).choices
+    distribution = CategoricalDistribution(choices)
+    assert [distribution.to_internal_repr(c) for c in choices] == list(range(len(choices)))
+    for refused in ([1, True], [1, 1.0], [0, False]):
+        with pytest.raises(ValidationError):
+            CategoricalParam(name="a", choices=refused)
+        assert CategoricalDistribution(refused).to_internal_repr(refused[1]) == 0
 
 
 @pytest.mark.parametrize(

@@ -116,12 +116,12 @@ def test_a_condition_may_name_each_kind_of_parameter_by_a_value_it_takes() -> No
     resolve_space(
         None,
         [
-            CategoricalParam(name="cat", choices=["a", 1, True, 0.5]),
+            CategoricalParam(name="cat", choices=["a", 1, False, 0.5]),
             IntParam(name="int", low=2, high=10, step=2),
             IntParam(name="log_int", low=1, high=1024, log=True),
             FloatParam(name="grid", low=-0.5, high=0.5, step=0.1),
             FixedParam(name="fixed", value="x"),
-            FixedParam(name="on_cat", value=0, condition=when("cat", "a", 1, True, 0.5)),
+            FixedParam(name="on_cat", value=0, condition=when("cat", "a", 1, False, 0.5)),
             FixedParam(name="on_int", value=0, condition=when("int", 2, 6.0, 10)),
             FixedParam(name="on_log_int", value=0, condition=when("log_int", 1, 777, 1024)),
             FixedParam(name="on_grid", value=0, condition=when("grid", -0.5, 0.0, 0.3, 0.5)),

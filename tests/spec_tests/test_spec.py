@@ -89,6 +89,10 @@ def test_round_trips_through_json() -> None:
         ({"name": "x", "space": {"params": [{"type": "categorical", "name": "a",
                                              "choices": [1, 1]}]}},
          "space.params.0.categorical", "given twice"),
+        # Optuna looks a choice up with `==`: it would record True and 1.0 as 1.
+        ({"name": "x", "space": {"params": [{"type": "categorical", "name": "a",
+                                             "choices": [1, True, 1.0]}]}},
+         "space.params.0.categorical", "choices 1, True, 1.0 are one choice to Optuna"),
         ({"name": "x", "space": {"params": [{"type": "set", "name": "a"}]}},
          "space.params.0", "does not match any of the expected tags"),
         ({"name": "x", "space": {"params": [{"type": "int", "name": "a", "low": 1, "high": 2},
