@@ -41,7 +41,10 @@ def resolve_space(name: str | None, params: Sequence[Param]) -> list[Param]:
     """The parameters a trial samples: the built-in space `name`, with `params` added.
 
     A parameter of `params` that has the name of a built-in one replaces it, which is how a
-    user narrows a built-in space (a smaller range, fewer choices, or a fixed value).
+    user narrows a built-in space (a smaller range, fewer choices, or a fixed value). The
+    built-in parameters that depend on a narrowed one follow it: their conditions keep only the
+    values it can still take, and one that can never be sampled is left out (narrowing `mlp`'s
+    `n_layers` to 1..2 leaves out `width_3` and `width_4`).
 
     The result lists each conditional parameter after the one its condition names, and is
     otherwise in the given order (built-in parameters first), so that a define-by-run sampler
@@ -71,16 +74,70 @@ def resolve_space(name: str | None, params: Sequence[Param]) -> list[Param]:
             "space.params",
             f"the space has {len(merged)} parameters, but may have at most {MAX_PARAMS}",
         )
+    own = {p.name for p in params}
+    merged, dropped = _follow_narrowed_targets(merged, own)
     by_name = {p.name: p for p in merged}
     for p in merged:
         if p.condition is not None:
-            _check_condition(p.name, p.condition, by_name)
+            _check_condition(p.name, p.condition, by_name, dropped)
     return _dependency_order(merged)
 
 
-def _check_condition(name: str, condition: Condition, by_name: dict[str, Param]) -> None:
+def _follow_narrowed_targets(
+    params: list[Param], own: set[str]
+) -> tuple[list[Param], dict[str, str]]:
+    """`params` with the conditions of built-in parameters (those not in `own`) cut to the
+    values their target can still take, and the built-in parameters that can never be active
+    left out, with why (by name).
+
+    A user who narrows `n_layers` of `mlp` to 1..2 means "no third or fourth layer", not a
+    mistake, so `width_3` and `width_4` go, and with them whatever built-in parameter depends
+    on them. A user's own parameter keeps its condition as written: one that can never hold
+    is refused by `_check_condition`.
+    """
+    by_name = {p.name: p for p in params}
+    dropped: dict[str, str] = {}
+    changed = True
+    while changed:  # until no condition changes: a dropped parameter may be another's target
+        changed = False
+        for name, p in list(by_name.items()):
+            if p.condition is None or name in own:
+                continue
+            target = by_name.get(p.condition.param)
+            if target is None:
+                if p.condition.param not in dropped:
+                    continue  # an unknown target is a bug of the space; the check names it
+                why = dropped[p.condition.param]  # the first cause says most
+            elif isinstance(target, FloatParam) and target.step is None:
+                continue  # the check refuses a condition on a continuous float
+            else:
+                kept = [v for v in p.condition.values if target.can_take(v)]
+                if len(kept) == len(p.condition.values):
+                    continue
+                if kept:
+                    condition = Condition(param=target.name, values=kept)
+                    by_name[name] = p.model_copy(update={"condition": condition})
+                    changed = True
+                    continue
+                why = (f"{target.name!r} never takes "
+                       f"{_listing([repr(v) for v in p.condition.values])}")
+            del by_name[name]
+            dropped[name] = why
+            changed = True
+    return [by_name[p.name] for p in params if p.name in by_name], dropped
+
+
+def _check_condition(
+    name: str, condition: Condition, by_name: dict[str, Param], dropped: dict[str, str]
+) -> None:
     field = f"space.params.{name}.condition"
     target = by_name.get(condition.param)
+    if target is None and condition.param in dropped:
+        raise InvalidSpecError(
+            field,
+            f"{name!r} depends on {condition.param!r}, which the narrowed space never samples "
+            f"({dropped[condition.param]}), so {name!r} would never be sampled",
+        )
     if target is None:
         raise InvalidSpecError(
             field,

@@ -60,6 +60,14 @@ def test_bad_spec_answers_422_naming_the_field(client, spec, loc, text) -> None:
     assert detail["loc"] == loc and text in detail["msg"]
 
 
+def test_narrowing_a_built_in_spaces_conditional_target_is_accepted(client: TestClient) -> None:
+    # Was 422: "'n_layers' never takes 3, 4, so 'width_2' would never be sampled".
+    response = submit(client, trainer={"name": "tabular-classifier", "dataset": "iris"},
+                      space={"name": "mlp", "params": [
+                          {"type": "int", "name": "n_layers", "low": 1, "high": 2}]})
+    assert response.status_code == 201, response.text
+
+
 def test_malformed_and_oversized_bodies(client: TestClient) -> None:
     response = client.post("/api/v1/jobs", content=b"{not json",
                            headers={"content-type": "application/json"})
