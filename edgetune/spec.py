@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from edgetune.errors import InvalidSpecError
 from edgetune.spaces import BUILTIN_SPACES, MAX_PARAMS, Param
 
 Direction = Literal["minimize", "maximize"]
@@ -229,6 +230,71 @@ class JobSpec(_Spec):
     @property
     def metric_names(self) -> list[str]:
         return [o.key for o in self.objectives]
+
+    def objective_key(self, name: str, *, field: str = "values") -> str:
+        """The key of the objective `name` stands for: an objective's key as it is
+        (`latency_ms@local`), or a metric's plain name (`latency_ms`) when one objective
+        measures it, which is how a user thinks of it.
+
+        Raises `InvalidSpecError` (at `field`) for a name that is no objective's, and for a
+        plain name that several objectives share (latency on two devices), naming the keys
+        to choose from.
+        """
+        candidates = self._objective_keys(name)
+        if len(candidates) == 1:
+            return candidates[0]
+        if candidates:
+            raise InvalidSpecError(
+                field,
+                f"{name!r} is ambiguous: {len(candidates)} objectives measure it; name one of "
+                f"{', '.join(candidates)}",
+            )
+        raise InvalidSpecError(
+            field,
+            f"{name!r} is not an objective of the job; its objectives: "
+            f"{', '.join(self.metric_names)}",
+        )
+
+    def objective_values(
+        self, values: Mapping[str, float], *, every: bool = True, field: str = "values"
+    ) -> dict[str, float]:
+        """`values` by objective key (names resolved by `objective_key`), in the objectives'
+        order.
+
+        Raises `InvalidSpecError` (at `field`) for an ambiguous name, and otherwise names at
+        once what is missing (when `every` objective needs a value), what is no objective,
+        and an objective given twice (by its key and by its plain name).
+        """
+        keys = self.metric_names
+        given: dict[str, list[str]] = {}
+        unknown: list[str] = []
+        for name in values:
+            candidates = self._objective_keys(name)
+            if len(candidates) > 1:
+                self.objective_key(name, field=field)  # raises, naming the candidates
+            if candidates:
+                given.setdefault(candidates[0], []).append(name)
+            else:
+                unknown.append(name)
+        missing = [k for k in keys if k not in given] if every else []
+        twice = [" and ".join(names) for names in given.values() if len(names) > 1]
+        if missing or unknown or twice:
+            raise InvalidSpecError(
+                field,
+                f"give one value per objective ({', '.join(keys)}; a metric's plain name "
+                "will do where one objective measures it)"
+                + (f"; missing: {', '.join(missing)}" if missing else "")
+                + (f"; not an objective: {', '.join(sorted(unknown))}" if unknown else "")
+                + (f"; given twice: {', '.join(twice)}" if twice else ""),
+            )
+        return {k: values[given[k][0]] for k in keys if k in given}
+
+    def _objective_keys(self, name: str) -> list[str]:
+        """The objective keys `name` may stand for: itself if it is one, else those of the
+        objectives that measure the metric `name`."""
+        if name in self.metric_names:
+            return [name]
+        return [o.key for o in self.objectives if o.name == name]
 
     @property
     def predicted_devices(self) -> list[str]:

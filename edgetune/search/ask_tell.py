@@ -23,7 +23,7 @@ import optuna
 from optuna.trial import TrialState
 from sqlalchemy import text
 
-from edgetune.errors import ConflictError, InvalidSpecError, NotFoundError
+from edgetune.errors import ConflictError, NotFoundError
 from edgetune.search.backends.optuna import (
     BudgetState,
     TrialRef,
@@ -115,6 +115,8 @@ class AskTellStudies:
         trial_id = self._running_trial_id(js, job, number)
         js.storage.record_heartbeat(trial_id)
         if js.spec.algorithm.pruner == "none":
+            # The names are checked all the same: a 422 for one that is no objective's.
+            js.spec.objective_values(values, every=False)
             if len(js.spec.objectives) == 1:  # kept for the learning curves all the same
                 optuna.Trial(js.study, trial_id).report(_ordered(js.spec, values)[0], step)
             return False
@@ -128,8 +130,9 @@ class AskTellStudies:
         its budget is spent and no trial runs."""
         js = self._study(job)
         trial_id = self._trial_id(js, job, number)
-        if state == "complete":
-            _ordered(js.spec, values)  # every objective, or a 422 before anything is stored
+        # By objective key (a plain metric name will do); every objective when complete, or
+        # a 422 before anything is stored.
+        values = js.spec.objective_values(values, every=state == "complete")
         result = {"state": state, "metrics": {**metrics, **values}, "error": error}
         ended = tell_result(js.study, TrialRef(trial_id, number), js.spec.metric_names, result)
         self._end_job_if_done(js, job)
@@ -197,17 +200,7 @@ class AskTellStudies:
 
 def _ordered(spec: JobSpec, values: Mapping[str, float]) -> list[float]:
     """The objectives' values in the job's order; a 422 naming what is missing or unknown."""
-    keys = spec.metric_names
-    missing = [k for k in keys if k not in values]
-    unknown = sorted(set(values) - set(keys))
-    if missing or unknown:
-        raise InvalidSpecError(
-            "values",
-            f"give one value per objective ({', '.join(keys)})"
-            + (f"; missing: {', '.join(missing)}" if missing else "")
-            + (f"; not an objective: {', '.join(unknown)}" if unknown else ""),
-        )
-    return [float(values[k]) for k in keys]
+    return [float(v) for v in spec.objective_values(values).values()]
 
 
 def _why_not(used: BudgetState, js: _JobStudy) -> str:
