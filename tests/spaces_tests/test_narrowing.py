@@ -4,7 +4,7 @@ and a point of the narrowed space has the parameters the full space gives it."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from typing import Any
 
 import optuna
 import pytest
@@ -195,7 +195,7 @@ SAMPLER_NAMES = [n for n, e in SAMPLERS.items() if e.single_objective]
 
 
 @pytest.fixture(scope="module")
-def iris() -> tuple[object, object]:
+def iris() -> tuple[Any, Any]:
     trainer = get_trainer_class("tabular-classifier")(
         TrainerSpec(name="tabular-classifier", dataset="iris")
     )
@@ -204,16 +204,13 @@ def iris() -> tuple[object, object]:
 
 @pytest.mark.parametrize("sampler", SAMPLER_NAMES)
 def test_every_sampler_and_the_trainer_take_a_narrowed_mlp(
-    sampler: str, iris: tuple[object, object]
+    sampler: str, iris: tuple[Any, Any]
 ) -> None:
     from torch import nn
 
     spec = job(sampler)
     space = resolve_space(spec.space.name, spec.space.params)
-    build: Callable[[], optuna.samplers.BaseSampler] = lambda: SAMPLERS[sampler].build(  # noqa: E731
-        AlgorithmContext(spec, space)
-    )
-    study = optuna.create_study(sampler=build())
+    study = optuna.create_study(sampler=SAMPLERS[sampler].build(AlgorithmContext(spec, space)))
     trainer, data = iris
     for _ in range(10):
         trial = study.ask()
@@ -223,7 +220,7 @@ def test_every_sampler_and_the_trainer_take_a_narrowed_mlp(
         assert {k for k in values if k.startswith("width_")} == {
             f"width_{i}" for i in range(1, layers + 1)
         }
-        model = trainer.build_model(values, data)  # type: ignore[attr-defined]
+        model = trainer.build_model(values, data)
         linear = [m for m in model if isinstance(m, nn.Linear)]
         assert [m.out_features for m in linear[:-1]] == [
             values[f"width_{i}"] for i in range(1, layers + 1)
