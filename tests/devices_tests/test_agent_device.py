@@ -95,3 +95,24 @@ def test_a_cuda_agent_measures_on_the_gpu(monkeypatch: pytest.MonkeyPatch,
                              "min_repeats": 5, "min_time_s": 0.0, "batch_size": 1,
                              "input_shape": [16], "artifact_sha256": "0" * 64})
     assert result["device"] == "cuda" and result["n"] >= 5 and result["p50_ms"] > 0
+
+
+def test_a_failure_reason_is_short_printable_and_one_line() -> None:
+    from edgetune.devices.agent import REASON_CHARS, failure_reason
+
+    secret = "admin-token-" + "x" * 5000
+    reason = failure_reason("could not measure the model abc", RuntimeError(
+        f"expected a tensor\x00\x1b[0m, got '{secret}'\nsecond line: {secret}"))
+    assert reason.startswith("could not measure the model abc: RuntimeError: expected a tensor")
+    assert len(reason) <= REASON_CHARS and reason.isprintable()
+    assert "second line" not in reason
+    assert failure_reason("x", ValueError()) == "x: ValueError"
+
+
+def test_limits_of_an_agent_are_checked() -> None:
+    with pytest.raises(ValueError, match="`measure_timeout_s` is 0"):
+        Agent(SERVER, name="edge", measure_timeout_s=0)
+    with pytest.raises(ValueError, match="`max_input_elements` is 0"):
+        Agent(SERVER, name="edge", max_input_elements=0)
+    with pytest.raises(ValueError, match="`memory_bytes` is 1024"):
+        Agent(SERVER, name="edge", memory_bytes=1024)

@@ -14,8 +14,6 @@ import sqlalchemy as sa
 from racing import race
 
 from edgetune.errors import ConflictError, InvalidSpecError, NotFoundError
-from edgetune.storage.artifacts import UploadQuotaExceeded, UploadRepository, artifact_path
-from edgetune.storage.probes import MAX_REASON_CHARS
 from edgetune.storage import (
     Device,
     DeviceRepository,
@@ -26,6 +24,8 @@ from edgetune.storage import (
     probe_cache_key,
     utcnow,
 )
+from edgetune.storage.artifacts import UploadQuotaExceeded, UploadRepository, artifact_path
+from edgetune.storage.probes import MAX_REASON_CHARS
 
 SHA = "ab" * 32
 CONFIG: dict[str, Any] = {"runtime": "onnxruntime", "input_shape": [3, 32, 32], "batch_size": 1,
