@@ -193,7 +193,7 @@ async def _store_upload(request: Request, settings: Settings, tenant: str,
             raise InvalidSpecError("model", "The request body must be the model file; it is "
                                             "empty.")
         sha256 = digest.hexdigest()
-        await run_in_threadpool(_check_model, tmp, format, settings.max_upload_bytes)
+        await run_in_threadpool(_check_model, tmp, format)
         try:
             await run_in_threadpool(
                 UploadRepository(request.app.state.db).check_quota, tenant, sha256, size,
@@ -206,7 +206,7 @@ async def _store_upload(request: Request, settings: Settings, tenant: str,
         tmp.unlink(missing_ok=True)
 
 
-def _check_model(path: Path, format: str, max_bytes: int) -> None:
+def _check_model(path: Path, format: str) -> None:
     """Raise `InvalidSpecError` naming `model` unless the file is a well-formed,
     self-contained ONNX model. It is parsed and checked, never run."""
     if format != "onnx":  # only ONNX is uploaded (UPLOAD_RUNTIMES)
@@ -216,7 +216,7 @@ def _check_model(path: Path, format: str, max_bytes: int) -> None:
         from onnx.external_data_helper import uses_external_data
     except ImportError as e:
         raise MissingDependencyError("onnx", "onnx") from e
-    data = path.read_bytes()[:max_bytes]
+    data = path.read_bytes()  # at most max_upload_bytes, streamed to disk first
     try:
         model = onnx.load_from_string(data)
         onnx.checker.check_model(model)
