@@ -93,6 +93,7 @@ class Measurer:
         self._child: subprocess.Popen[bytes] | None = None
         self._buffer = b""
         self._lock = threading.Lock()
+        self._pid = os.getpid()
 
     def measure(
         self,
@@ -146,6 +147,9 @@ class Measurer:
 
     # --- internals -------------------------------------------------------------------------
     def _started(self, stop: threading.Event | None) -> subprocess.Popen[bytes]:
+        if self._pid != os.getpid():
+            # Inherited through a fork: that child, and its pipes, are the parent's.
+            self._child, self._buffer, self._pid = None, b"", os.getpid()
         if self._child is not None and self._child.poll() is None:
             return self._child
         self._kill()

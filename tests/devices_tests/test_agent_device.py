@@ -116,3 +116,12 @@ def test_limits_of_an_agent_are_checked() -> None:
         Agent(SERVER, name="edge", max_input_elements=0)
     with pytest.raises(ValueError, match="`memory_bytes` is 1024"):
         Agent(SERVER, name="edge", memory_bytes=1024)
+
+
+def test_an_agent_refuses_an_input_over_its_bound_before_downloading() -> None:
+    agent = Agent(SERVER, name="edge", max_input_elements=1000)
+    probe = {"runtime": "onnxruntime", "threads": 1, "warmup": 0, "min_repeats": 1,
+             "min_time_s": 0.0, "batch_size": 1, "input_shape": [20000, 20000],
+             "artifact_sha256": "0" * 64}
+    with pytest.raises(ValueError, match=r"400,000,000 elements.*at most 1,000"):
+        agent._measure(probe)  # no server runs: it never gets as far as downloading
