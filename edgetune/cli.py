@@ -224,6 +224,16 @@ def agent(
         min=0.05, help="Seconds between heartbeats.")] = 5.0,
     poll_s: Annotated[float, typer.Option(
         min=0, max=30, help="How long one request waits for a probe.")] = 10.0,
+    measure_timeout_s: Annotated[float, typer.Option(
+        min=0.1, max=86_400, help="Wall-clock seconds one measurement (load, warm-up, timed "
+                                  "runs) may take; past it the measuring process is killed and "
+                                  "the probe fails.")] = 120.0,
+    memory_bytes: Annotated[int, typer.Option(
+        min=0, help="Address space of the measuring process (RLIMIT_AS, CPU only); a model "
+                    "needing more fails its probe. 0: no limit.")] = 4 << 30,
+    max_input_elements: Annotated[int, typer.Option(
+        min=1, help="The most elements (batch included) of one probe's input the agent "
+                    "builds; a larger probe fails with the reason.")] = 1 << 25,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "info",
 ) -> None:
     """Run a device agent: register this machine, heartbeat, measure its latency probes."""
@@ -238,7 +248,9 @@ def agent(
     try:
         runner = Agent(server, name=name, token=token, runtimes=runtime or ["onnxruntime"],
                        threads=threads, device=device, cpus=_cpu_list(cpus),
-                       heartbeat_s=heartbeat_s, poll_s=poll_s)
+                       heartbeat_s=heartbeat_s, poll_s=poll_s,
+                       measure_timeout_s=measure_timeout_s,
+                       memory_bytes=memory_bytes or None, max_input_elements=max_input_elements)
     except ValueError as e:
         _fail(str(e))
     runner.install_signal_handlers()

@@ -65,6 +65,31 @@ class Settings(PoolSettings):
         description="The largest model `POST /api/v1/probes` accepts; every other request "
                     "body stays under `max_body_bytes`.",
     )
+    upload_quota_bytes: int = Field(
+        default=1 << 30, ge=1024,
+        description="Bytes of uploaded probe models one tenant may hold at once; past it an "
+                    "upload answers 413. Models no probe names are collected.",
+    )
+    upload_quota_count: int = Field(
+        default=256, ge=1, le=1_000_000,
+        description="Uploaded probe models one tenant may hold at once; past it an upload "
+                    "answers 413.",
+    )
+    probe_max_input_elements: int = Field(
+        default=1 << 25, ge=1, le=1 << 40,
+        description="The most input elements (batch_size x input_shape) a probe may ask an "
+                    "agent to build; more answers 422.",
+    )
+    latency_timeout_s: float = Field(
+        default=120.0, gt=0, le=86_400,
+        description="Wall-clock seconds a worker's own measurement (device `local`) may take "
+                    "before its measuring process is killed and the trial fails.",
+    )
+    latency_memory_bytes: int = Field(
+        default=4 << 30, ge=1 << 28,
+        description="Address space (RLIMIT_AS) of a worker's measuring process (device "
+                    "`local`, on the CPU).",
+    )
     device_offline_after_s: float = Field(
         default=30.0, gt=0, le=86_400,
         description="A device without a heartbeat for this long shows offline.",

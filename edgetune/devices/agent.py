@@ -8,8 +8,10 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import logging
+import math
 import os
 import platform
+import secrets
 import signal
 import socket
 import tempfile
@@ -23,17 +25,32 @@ from typing import Any, Literal
 
 import httpx
 
-from edgetune.devices.latency import MeasureConfig, measure_latency
+from edgetune.devices.latency import LatencyResult, MeasureConfig
+from edgetune.devices.measurer import (
+    DEFAULT_MEMORY_BYTES,
+    DEFAULT_TIMEOUT_S,
+    MeasurementStopped,
+    Measurer,
+)
 from edgetune.devices.runtimes import DEVICES, RUNTIMES, AcceleratorUnavailableError
 from edgetune.devices.runtimes._base import torch_sees_cuda
 
-__all__ = ["Agent", "describe_hardware"]
+__all__ = ["DEFAULT_MAX_INPUT_ELEMENTS", "Agent", "describe_hardware", "failure_reason"]
 
 logger = logging.getLogger(__name__)
 
 #: Libraries whose versions decide a measurement, reported with the hardware.
 _LIBRARIES = ("onnxruntime", "torch", "numpy")
 _CHUNK = 1 << 16
+#: The most float32 elements of one probe's input (batch included) an agent builds: 128 MiB.
+DEFAULT_MAX_INPUT_ELEMENTS = 1 << 25
+#: A failure reason is at most this long: it says what failed, never what a file held.
+REASON_CHARS = 300
+
+
+class _Stopping(BaseException):
+    """Raised by the signal handler to end a long poll at once (a `BaseException`, so that no
+    `except Exception` on the way swallows it)."""
 
 
 class Agent:
@@ -51,8 +68,17 @@ class Agent:
     hardware description reports them (`pinned_cpus`).
 
     Every probe ends reported: done with its statistics, or failed with the reason (a download
-    that is too large or whose sha256 is wrong, a model the runtime cannot load or run). Only
-    an agent that dies leaves its probe to the lease's expiry.
+    that is too large or whose sha256 is wrong, an input over `max_input_elements`, a model the
+    runtime cannot load or run, or one that ran past `measure_timeout_s` or `memory_bytes`).
+    Only an agent that dies or is stopped mid-measurement leaves its probe to the lease's
+    expiry, where the next lease counts as another attempt.
+
+    Models are measured in a warm child process (`Measurer`) whose address space is capped at
+    `memory_bytes` (on the CPU; None: uncapped) and which is killed past `measure_timeout_s`
+    and replaced: a model that never ends, or allocates without bound, fails its own probe,
+    and the agent stays responsive (SIGTERM ends it within a second or two, also mid-way).
+    A failure reason is the exception's class and a short, printable message
+    (`failure_reason`), never the raw text of whatever the model made the engine say.
     """
 
     def __init__(
@@ -69,6 +95,9 @@ class Agent:
         poll_s: float = 10.0,
         max_artifact_bytes: int = 1 << 30,
         timeout_s: float = 30.0,
+        measure_timeout_s: float = DEFAULT_TIMEOUT_S,
+        memory_bytes: int | None = DEFAULT_MEMORY_BYTES,
+        max_input_elements: int = DEFAULT_MAX_INPUT_ELEMENTS,
     ) -> None:
         if not runtimes:
             raise ValueError("The value of `runtimes` is empty, but must name a runtime.")
@@ -87,6 +116,17 @@ class Agent:
         if max_artifact_bytes < 1:
             raise ValueError(f"The value of `max_artifact_bytes` is {max_artifact_bytes}, but "
                              "must be >= 1.")
+        if not 0 < measure_timeout_s <= 86_400:
+            raise ValueError(f"The value of `measure_timeout_s` is {measure_timeout_s}, but must "
+                             "be in (0, 86400].")
+        if isinstance(max_input_elements, bool) or max_input_elements < 1:
+            raise ValueError(f"The value of `max_input_elements` is {max_input_elements}, but "
+                             "must be >= 1.")
+        # GPU drivers map far more address space than they use: a cap would stop CUDA itself.
+        self._measurer = Measurer(memory_bytes=memory_bytes if device == "cpu" else None)
+        self.measure_timeout_s = measure_timeout_s
+        self.memory_bytes = self._measurer.memory_bytes
+        self.max_input_elements = max_input_elements
         self.name = name
         self.runtimes = list(runtimes)
         self.threads = threads
@@ -98,6 +138,8 @@ class Agent:
         self.agent_id = f"{socket.gethostname()[:60]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.device_id: str | None = None
         self.stopping = threading.Event()
+        # True while the main thread waits on the server in a way only an exception ends.
+        self._interruptible = False
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         base_url = server.rstrip("/") + "/api/v1"
         # The long poll holds a request open for up to `poll_s`.
@@ -113,12 +155,15 @@ class Agent:
             logger.info("agent %s: %s received, stopping", self.agent_id,
                         signal.Signals(signum).name)
             self.stop()
+            if self._interruptible:
+                raise _Stopping
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
 
     def stop(self) -> None:
-        """Stop after the request or measurement under way."""
+        """Stop now: a measurement under way is abandoned (its child killed, its probe left to
+        its lease's expiry)."""
         self.stopping.set()
 
     def run(self) -> None:
@@ -129,16 +174,21 @@ class Agent:
         try:
             while not self.stopping.is_set():
                 try:
-                    probe = self.lease()
+                    probe = self._lease_interruptibly()
                 except httpx.HTTPError as e:
                     logger.warning("agent %s: leasing failed (%s); retrying", self.agent_id, e)
                     self.stopping.wait(min(5.0, self.heartbeat_s))
                     continue
                 if probe is not None:
                     self.measure(probe)
+        except _Stopping:
+            pass  # a signal ended a long poll: stop
         finally:
             self.stopping.set()
-            beat.join(timeout=self.heartbeat_s + 5)
+            self._measurer.close()
+            # The heartbeat thread is a daemon waiting on `stopping`: it wakes at once unless a
+            # heartbeat is in flight, and then need not be waited for.
+            beat.join(timeout=1.0)
             self._http.close()
             self._heartbeat_http.close()
         logger.info("agent %s: stopped", self.agent_id)
@@ -155,29 +205,52 @@ class Agent:
 
     # --- probes ----------------------------------------------------------------------------
     def lease(self) -> dict[str, Any] | None:
-        """The next probe for this device, waiting up to `poll_s` for one; None if none came."""
+        """The next probe for this device, waiting up to `poll_s` for one; None if none came.
+
+        Each lease is taken under an owner of its own, this agent's id and a secret: only the
+        holder of a lease may complete or fail its probe, and the agent's id is public (done
+        probes show who measured), the secret is not.
+        """
+        owner = f"{self.agent_id}/{secrets.token_hex(16)}"
         response = self._http.post(f"/devices/{self.device_id}/probes:lease",
-                                   params={"wait_s": self.poll_s}, json={"agent": self.agent_id})
+                                   params={"wait_s": self.poll_s}, json={"agent": owner})
         if response.status_code == 204:
             return None
         _check(response)
         probe: dict[str, Any] = response.json()
+        probe["lease_owner"] = owner
         return probe
+
+    def _lease_interruptibly(self) -> dict[str, Any] | None:
+        # A long poll blocks in a socket read that a signal does not end (PEP 475 retries it):
+        # the handler raises `_Stopping` instead, only while here.
+        self._interruptible = True
+        try:
+            if self.stopping.is_set():
+                return None
+            return self.lease()
+        finally:
+            self._interruptible = False
 
     def measure(self, probe: dict[str, Any]) -> None:
         """Download, verify and measure one leased probe, and report the result or failure."""
         probe_id = probe["id"]
         sha256 = probe["artifact_sha256"]
+        owner = str(probe.get("lease_owner") or self.agent_id)
         logger.info("agent %s: measuring probe %s (artifact %s)", self.agent_id, probe_id,
                     sha256[:12])
         try:
             result = self._measure(probe)
-        except Exception as e:  # whatever it was, the trial waiting on the probe must learn it
-            reason = f"could not measure the model {sha256[:12]}: {e}"
-            logger.warning("agent %s: probe %s failed: %s", self.agent_id, probe_id, reason)
-            self._report(f"/probes/{probe_id}:fail", {"agent": self.agent_id, "reason": reason})
+        except MeasurementStopped:
+            logger.info("agent %s: stopped while measuring probe %s; it goes back to the queue "
+                        "when its lease expires", self.agent_id, probe_id)
             return
-        self._report(f"/probes/{probe_id}:complete", {"agent": self.agent_id, "result": result})
+        except Exception as e:  # whatever it was, the trial waiting on the probe must learn it
+            reason = failure_reason(f"could not measure the model {sha256[:12]}", e)
+            logger.warning("agent %s: probe %s failed: %s", self.agent_id, probe_id, reason)
+            self._report(f"/probes/{probe_id}:fail", {"agent": owner, "reason": reason})
+            return
+        self._report(f"/probes/{probe_id}:complete", {"agent": owner, "result": result})
         logger.info("agent %s: measured probe %s: p50 %.3f ms over %d runs", self.agent_id,
                     probe_id, result["p50_ms"], result["n"])
 
@@ -190,14 +263,22 @@ class Agent:
             threads=int(probe["threads"]), warmup=int(probe["warmup"]),
             min_repeats=int(probe["min_repeats"]), min_time_s=min_time_s,
             # A slow model stops at this bound with fewer repeats, rather than holding its
-            # lease on and on.
-            max_time_s=max(10.0, 2 * min_time_s), device=self.device, cpus=self.cpus,
+            # lease on and on, and well inside the time limit that kills it.
+            max_time_s=min(max(10.0, 2 * min_time_s), self.measure_timeout_s / 2),
+            device=self.device, cpus=self.cpus,
         )
         shape = [int(probe["batch_size"]), *(int(d) for d in probe["input_shape"])]
+        elements = math.prod(shape)
+        if elements > self.max_input_elements:
+            raise ValueError(f"The input of shape {shape} has {elements:,} elements, but this "
+                             f"agent builds at most {self.max_input_elements:,} "
+                             "(max_input_elements).")
         with tempfile.TemporaryDirectory(prefix="edgetune-agent-") as tmp:
             path = self.download(probe["artifact_sha256"], Path(tmp))
             start = time.perf_counter()
-            measured = measure_latency(path, runtime=runtime, input_shape=shape, config=config)
+            measured = LatencyResult(**self._measurer.measure(
+                path, runtime=runtime, input_shape=shape, config=config,
+                timeout_s=self.measure_timeout_s, stop=self.stopping))
             measure_s = time.perf_counter() - start
         # `measure_s` (loading, warm-up and timed runs) lets a client tell the measurement
         # from the queue's own round trip.
@@ -270,6 +351,19 @@ class Agent:
         return {"name": self.name, "runtimes": self.runtimes, "threads": self.threads,
                 "hardware": {**describe_hardware(), "measures_on": self.device,
                              "pinned_cpus": list(self.cpus) if self.cpus else None}}
+
+
+def failure_reason(context: str, error: BaseException) -> str:
+    """What a failed probe says: `context`, the exception's class and the first line of its
+    message with anything unprintable dropped, at most `REASON_CHARS` characters in all.
+
+    An engine's message can quote what the model made it read (a TorchScript module reading
+    a file, say): a short first line keeps a reason from carrying a file's contents out.
+    """
+    lines = str(error).strip().splitlines()
+    message = "".join(c for c in (lines[0] if lines else "") if c.isprintable())
+    reason = f"{context}: {type(error).__name__}" + (f": {message}" if message else "")
+    return reason if len(reason) <= REASON_CHARS else reason[:REASON_CHARS - 3] + "..."
 
 
 def _pinned_cpus(cpus: Sequence[int] | str, threads: int) -> tuple[int, ...] | None:

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -13,10 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
+from edgetune.devices.measurer import (
+    DEFAULT_MEMORY_BYTES,
+    DEFAULT_TIMEOUT_S,
+    MIN_MEMORY_BYTES,
+    shared_measurer,
+)
 from edgetune.devices.runtimes import DEVICES, AcceleratorUnavailableError, get_runtime
 from edgetune.errors import MissingDependencyError, TrialFailed
 
-__all__ = ["LatencyResult", "MeasureConfig", "measure_latency"]
+__all__ = ["LatencyResult", "MeasureConfig", "measure_here", "measure_latency"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +41,13 @@ class MeasureConfig:
 
     `cpus` pins the measuring thread (and the runtime threads it starts) to those CPU ids for
     the measurement, on Linux; unpinned, the scheduler moves the thread between cores, and on a
-    small machine that alone spreads p50 over ±10%. None leaves the affinity as it is."""
+    small machine that alone spreads p50 over ±10%. None leaves the affinity as it is.
+
+    `timeout_s` and `memory_bytes` bound the measurement: `measure_latency` runs it in a
+    measuring child process whose address space is capped at `memory_bytes` (on the CPU) and
+    which is killed past `timeout_s` of wall-clock time (loading, warm-up and timed runs),
+    failing the measurement with the reason. Both None measure in the calling process,
+    unguarded: only for models this process made itself."""
 
     threads: int = 1
     warmup: int = 10
@@ -43,6 +56,8 @@ class MeasureConfig:
     max_time_s: float = 10.0
     device: str = "cpu"
     cpus: tuple[int, ...] | None = None
+    timeout_s: float | None = DEFAULT_TIMEOUT_S
+    memory_bytes: int | None = DEFAULT_MEMORY_BYTES
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -57,6 +72,17 @@ class MeasureConfig:
         if self.cpus is not None and (not self.cpus or any(c < 0 for c in self.cpus)):
             raise ValueError(f"The value of `cpus` is {list(self.cpus)}, but must name CPU ids "
                              ">= 0, or be None.")
+        if self.timeout_s is not None and not self.timeout_s > 0:
+            raise ValueError(f"The value of `timeout_s` is {self.timeout_s}, but must be > 0 "
+                             "or None.")
+        if self.memory_bytes is not None and not self.memory_bytes >= MIN_MEMORY_BYTES:
+            raise ValueError(f"The value of `memory_bytes` is {self.memory_bytes}, but must be "
+                             f">= {MIN_MEMORY_BYTES} or None.")
+
+    @property
+    def guarded(self) -> bool:
+        """Whether `measure_latency` measures in a child process with limits."""
+        return self.timeout_s is not None or self.memory_bytes is not None
 
 
 def _check_at_least(field: str, value: float, minimum: float) -> None:
@@ -90,8 +116,11 @@ def measure_latency(
     runtime: str,
     input_shape: Sequence[int],
     config: MeasureConfig = MeasureConfig(),
+    stop: threading.Event | None = None,
 ) -> LatencyResult:
-    """Time `config.warmup` untimed then repeated timed runs of the artifact with `runtime`.
+    """Time `config.warmup` untimed then repeated timed runs of the artifact with `runtime`,
+    in this process's warm measuring child under `config.timeout_s` and
+    `config.memory_bytes` (in this process when both are None).
 
     `input_shape` includes the batch dimension the model was exported with, e.g.
     `(1, 1, 28, 28)`; the input is fixed float32 noise. On `config.device="cuda"` the input
@@ -99,13 +128,31 @@ def measure_latency(
     inference. Raises `ValueError` for an unknown runtime, a device the runtime does not
     support or a bad shape, `AcceleratorUnavailableError` (a `ValueError`) when the device is
     "cuda" and no usable GPU is there, and `TrialFailed` when the runtime cannot load or run
-    the model.
+    the model, among them `MeasurementLimitExceeded` when the model ran past a limit (the
+    measuring child was killed). `MeasurementStopped` when `stop` was set meanwhile.
     """
-    shape = tuple(int(d) for d in input_shape)
-    if not shape or any(d < 1 for d in shape):
-        raise ValueError(
-            f"The value of `input_shape` is {shape}, but must be non-empty with sizes >= 1."
-        )
+    shape = _checked_shape(input_shape)
+    if not config.guarded:
+        return measure_here(artifact_path, runtime=runtime, input_shape=shape, config=config)
+    get_runtime(runtime, device=config.device)  # an unknown runtime is the caller's error
+    # A GPU's memory is the GPU's; CUDA maps far more address space than it uses.
+    memory = config.memory_bytes if config.device == "cpu" else None
+    measured = shared_measurer(memory).measure(
+        Path(artifact_path), runtime=runtime, input_shape=shape, config=config,
+        timeout_s=config.timeout_s if config.timeout_s is not None else 1e9, stop=stop)
+    return LatencyResult(**measured)
+
+
+def measure_here(
+    artifact_path: Path | str,
+    *,
+    runtime: str,
+    input_shape: Sequence[int],
+    config: MeasureConfig,
+) -> LatencyResult:
+    """`measure_latency` in the calling process, without limits: what the measuring child
+    runs."""
+    shape = _checked_shape(input_shape)
     engine = get_runtime(runtime, device=config.device)
     inputs = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
 
@@ -145,6 +192,15 @@ def measure_latency(
     )
     logger.debug("latency of %s: %s", Path(artifact_path).name, result)
     return result
+
+
+def _checked_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
+    shape = tuple(int(d) for d in input_shape)
+    if not shape or any(d < 1 for d in shape):
+        raise ValueError(
+            f"The value of `input_shape` is {shape}, but must be non-empty with sizes >= 1."
+        )
+    return shape
 
 
 @contextlib.contextmanager

@@ -70,6 +70,8 @@ class Worker:
             warmup=settings.latency_warmup,
             min_repeats=settings.latency_min_repeats,
             min_time_s=settings.latency_min_time_s,
+            timeout_s=settings.latency_timeout_s,
+            memory_bytes=settings.latency_memory_bytes,
         )
         self.backend = OptunaBackend(
             storage_url=self.db.url,

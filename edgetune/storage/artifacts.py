@@ -1,9 +1,21 @@
-"""Where content-addressed artifacts live: `artifact_dir/<sha256>.<ext>`, never a user path."""
+"""Where content-addressed artifacts live (`artifact_dir/<sha256>.<ext>`, never a user path), and
+the record of uploaded ones: the per-tenant upload quota and the collector of unused uploads."""
 
 from __future__ import annotations
 
+import logging
 import re
+import time
+from dataclasses import dataclass
 from pathlib import Path
+
+from sqlalchemy import delete, exists, func, select, text
+
+from edgetune.errors import StorageError
+from edgetune.storage.jobs import Repository, utcnow
+from edgetune.storage.models import Probe, Upload
+
+logger = logging.getLogger(__name__)
 
 #: Artifact format -> file extension.
 ARTIFACT_FORMATS: dict[str, str] = {"onnx": "onnx", "torchscript": "pt"}
@@ -29,3 +41,111 @@ def find_artifact(artifact_dir: Path, sha256: str) -> Path | None:
         if path.is_file():
             return path
     return None
+
+
+@dataclass(frozen=True)
+class UploadUsage:
+    """What a tenant's uploaded models hold: how many, and their bytes."""
+
+    count: int
+    size_bytes: int
+
+
+class UploadQuotaExceeded(ValueError):
+    """An upload would take its tenant past `max_count` models or `max_bytes` bytes; the
+    message says which bound, what the tenant holds, and how to free some."""
+
+
+class UploadRepository(Repository):
+    """The tenant-scoped record of uploaded probe models (`edgetune_uploads`): the quota counts
+    them, and `collect` deletes the files of those no probe names any more.
+
+    Only uploads are ever collected: a trial's exported artifact has no row here, and even a
+    file that is both (the same bytes uploaded and exported) is kept while a trial's
+    attributes name it.
+    """
+
+    def usage(self, tenant: str) -> UploadUsage:
+        with self._session() as session:
+            count, size = session.execute(
+                select(func.count(), func.coalesce(func.sum(Upload.size_bytes), 0))
+                .where(Upload.tenant == tenant)
+            ).one()
+        return UploadUsage(int(count), int(size))
+
+    def check_quota(self, tenant: str, sha256: str, size_bytes: int, *, max_count: int,
+                    max_bytes: int) -> None:
+        """Raise `UploadQuotaExceeded` when storing this upload would take `tenant` past its
+        quota; an upload the tenant already holds costs nothing more."""
+        with self._session() as session:
+            if session.get(Upload, (tenant, sha256)) is not None:
+                return
+        usage = self.usage(tenant)
+        if usage.count + 1 > max_count:
+            raise UploadQuotaExceeded(
+                f"Tenant {tenant!r} holds {usage.count} uploaded models, the most it may "
+                f"(upload_quota_count {max_count}); delete the devices whose probes you no "
+                "longer need, and their models are collected.")
+        if usage.size_bytes + size_bytes > max_bytes:
+            raise UploadQuotaExceeded(
+                f"Tenant {tenant!r} holds {usage.size_bytes:,} bytes of uploaded models; this "
+                f"one of {size_bytes:,} bytes would pass its quota of {max_bytes:,} bytes "
+                "(upload_quota_bytes); delete the devices whose probes you no longer need, "
+                "and their models are collected.")
+
+    def record(self, tenant: str, sha256: str, size_bytes: int) -> None:
+        """Count this upload against `tenant` (once per model). Record it after its probe
+        exists: `collect` deletes rows that no probe names."""
+        row = Upload(tenant=tenant, artifact_sha256=sha256, size_bytes=size_bytes,
+                     created_at=utcnow())
+        self._insert_unless_taken(row)  # already held: counted once
+
+    def collect(self, artifact_dir: Path, *, grace_s: float = 60.0) -> list[str]:
+        """Forget the uploads no probe names (their devices were deleted), and delete their
+        files unless a trial's attributes name them or the file was written in the last
+        `grace_s` seconds (an upload in flight stores its file before its probe exists).
+        Returns the sha256 of each file deleted."""
+        unreferenced = ~exists().where(Probe.artifact_sha256 == Upload.artifact_sha256)
+        with self._session() as session:
+            orphans = sorted(set(session.scalars(
+                select(Upload.artifact_sha256).where(unreferenced)).all()))
+            if not orphans:
+                return []
+            session.execute(delete(Upload).where(Upload.artifact_sha256.in_(orphans),
+                                                 unreferenced)
+                            .execution_options(synchronize_session=False))
+        deleted = []
+        fresh_after = time.time() - grace_s
+        for sha256 in orphans:
+            if self._named_by_a_trial(sha256) or self._uploaded(sha256):
+                continue
+            for format in ARTIFACT_FORMATS:
+                path = artifact_path(artifact_dir, sha256, format)
+                try:
+                    if path.stat().st_mtime > fresh_after:
+                        continue
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+                deleted.append(sha256)
+                logger.info("collected uploaded artifact %s: no probe names it", sha256[:12])
+        return deleted
+
+    def _uploaded(self, sha256: str) -> bool:
+        # Uploaded again (by anyone) since the rows above were read.
+        with self._session() as session:
+            return session.scalar(select(Upload.artifact_sha256)
+                                  .where(Upload.artifact_sha256 == sha256).limit(1)) is not None
+
+    def _named_by_a_trial(self, sha256: str) -> bool:
+        # Trials record their artifact as the `artifact` user attribute, {"sha256": ...}, in
+        # Optuna's own table; anything unsure counts as named, so nothing a trial made goes.
+        try:
+            with self._session() as session:
+                return session.execute(
+                    text("SELECT 1 FROM trial_user_attributes WHERE key = 'artifact' "
+                         "AND value_json LIKE :pattern LIMIT 1"),
+                    {"pattern": f"%{sha256}%"},
+                ).first() is not None
+        except StorageError:
+            return True

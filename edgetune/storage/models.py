@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     DateTime,
     Dialect,
     Float,
@@ -222,3 +223,18 @@ class Token(Base):
         UniqueConstraint("token_hash", name=f"uq_{PREFIX}tokens_token_hash"),
         Index(f"ix_{PREFIX}tokens_lookup", "lookup"),
     )
+
+
+class Upload(Base):
+    """A model a tenant uploaded for an ad-hoc probe: what the tenant's upload quota counts,
+    and what the artifact collector may delete once no probe names it (a trial's own exported
+    artifacts have no row here, and are never collected)."""
+
+    __tablename__ = f"{PREFIX}uploads"
+
+    tenant: Mapped[str] = mapped_column(String(64), primary_key=True)
+    artifact_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index(f"ix_{PREFIX}uploads_artifact_sha256", "artifact_sha256"),)

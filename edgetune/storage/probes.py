@@ -32,6 +32,11 @@ MAX_ATTEMPTS = 3
 #: The statistics every result carries; each a finite number of milliseconds >= 0.
 RESULT_TIMES = ("p50_ms", "p90_ms", "mean_ms", "std_ms")
 MAX_INPUT_DIMS = 16
+#: The most input elements (batch included) of one probe, unless the repository is told
+#: otherwise (`EDGETUNE_PROBE_MAX_INPUT_ELEMENTS`): 2^25 float32 are 128 MiB.
+MAX_INPUT_ELEMENTS = 1 << 25
+#: A failure reason is stored at most this long, printable characters only.
+MAX_REASON_CHARS = 500
 #: Attempts at inserting a probe that identical racing requests keep inserting first.
 _INSERT_TRIES = 5
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -64,16 +69,22 @@ def probe_cache_key(
 class ProbeRepository(Repository):
     """Every read and write of `edgetune_probes`. Driver errors surface as `StorageError`.
 
-    Who may report on a probe: any agent that leased it, even after its lease was lost, may
-    complete it while it is not final, since a measurement is a measurement (the lease exists
-    to hand the work on, not to doubt the result). Failing it takes the current lease holder:
-    an agent that lost its lease does not fail the attempt of the one that took it over.
+    Who may report on a probe: only the current holder of its lease (the owner it leased it
+    under) completes or fails it; anyone else is refused (`ConflictError`), also an agent whose
+    lease expired and was taken over, since a result nobody asked of it cannot be told from a
+    forged one, and a forged result would be served from the cache to every later request.
+    The holder's retries after the probe finished change nothing.
+
+    `max_input_elements` bounds a probe's input (batch included): an agent builds that array.
     """
 
-    def __init__(self, db: Database, *, max_attempts: int = MAX_ATTEMPTS) -> None:
+    def __init__(self, db: Database, *, max_attempts: int = MAX_ATTEMPTS,
+                 max_input_elements: int = MAX_INPUT_ELEMENTS) -> None:
         super().__init__(db)
         check_int("max_attempts", max_attempts, 1)
+        check_int("max_input_elements", max_input_elements, 1)
         self.max_attempts = max_attempts
+        self.max_input_elements = max_input_elements
         self._devices = DeviceRepository(db)
 
     # --- the trial's side ----------------------------------------------------------------
@@ -104,6 +115,7 @@ class ProbeRepository(Repository):
         for field, value, low in (("batch_size", batch_size, 1), ("threads", threads, 1),
                                   ("warmup", warmup, 0), ("min_repeats", min_repeats, 1)):
             check_int(field, value, low)
+        check_input_elements(shape, batch_size, self.max_input_elements)
         if (isinstance(min_time_s, bool) or not isinstance(min_time_s, int | float)
                 or not math.isfinite(min_time_s) or min_time_s < 0):
             raise InvalidSpecError("min_time_s", f"The value of `min_time_s` is {min_time_s!r}, "
@@ -256,13 +268,13 @@ class ProbeRepository(Repository):
 
     def complete(self, probe_id: str, owner: str, result: dict[str, Any], *,
                  tenant: str | None = None) -> Probe:
-        """Store the measurement of a leased probe, once, and return the probe.
+        """Store the measurement of the probe `owner` holds the lease of, once, and return
+        the probe.
 
-        Reporting on a final probe changes nothing (the agent retrying its POST, or one whose
-        lost lease another agent finished or the cap failed); an agent whose lease was lost
-        but that measured first is believed. The done probe's `lease_owner` is who measured it.
-        Raises `InvalidSpecError` naming a bad field of `result`, `ConflictError` for a probe
-        that no agent has leased.
+        The holder reporting again on its final probe changes nothing (a retried POST). The
+        done probe's `lease_owner` is who measured it. Raises `InvalidSpecError` naming a bad
+        field of `result`, `ConflictError` for a probe `owner` does not hold (nobody leased it,
+        another agent holds it, or another agent finished it).
         """
         _check_owner(owner)
         measured = checked_result(result)
@@ -270,31 +282,36 @@ class ProbeRepository(Repository):
 
     def fail(self, probe_id: str, owner: str, reason: str, *,
              tenant: str | None = None) -> Probe:
-        """Fail the probe `owner` holds the lease of, with `reason` (which the trial shows);
-        a final probe, or one another agent has leased since, does not change."""
+        """Fail the probe `owner` holds the lease of, with `reason` (which the trial shows;
+        kept printable and at most `MAX_REASON_CHARS` long). The holder reporting again on its
+        final probe changes nothing; `ConflictError` as `complete`."""
         _check_owner(owner)
         if not isinstance(reason, str) or not reason.strip():
             raise InvalidSpecError("reason", "A failed probe needs a reason.")
-        return self._finish(probe_id, owner, tenant, ProbeStatus.FAILED, error=reason,
-                            holder_only=True)
+        return self._finish(probe_id, owner, tenant, ProbeStatus.FAILED,
+                            error=bounded_reason(reason))
 
     # --- internals -------------------------------------------------------------------------
-    def _finish(self, probe_id: str, owner: str, tenant: str | None, status: ProbeStatus, *,
-                holder_only: bool = False, **values: Any) -> Probe:
+    def _finish(self, probe_id: str, owner: str, tenant: str | None, status: ProbeStatus,
+                **values: Any) -> Probe:
         with self._session() as session:
             probe = _probe(session, probe_id, tenant)  # found, and the tenant's, first
-            where = [Probe.id == probe.id, Probe.status == ProbeStatus.LEASED.value]
-            if holder_only:
-                where.append(Probe.lease_owner == owner)
+            # Compare-and-set on the holder: of a holder and anyone else racing, only the
+            # holder's report lands.
             session.execute(
-                update(Probe).where(*where)
-                .values(status=status.value, lease_owner=owner, lease_expires_at=None,
-                        finished_at=utcnow(), **values)
+                update(Probe).where(Probe.id == probe.id,
+                                    Probe.status == ProbeStatus.LEASED.value,
+                                    Probe.lease_owner == owner)
+                .values(status=status.value, lease_expires_at=None, finished_at=utcnow(),
+                        **values)
                 .execution_options(synchronize_session=False)
             )
             probe = _probe(session, probe_id, tenant, fresh=True)
             if probe.status == ProbeStatus.PENDING:
                 raise ConflictError(f"probe {probe_id!r} is not leased: lease it to measure it")
+            if probe.lease_owner != owner:
+                raise ConflictError(f"probe {probe_id!r} is not leased to this agent: only the "
+                                    "holder of its lease may report on it")
             return probe
 
     def _fail_exhausted(self, session: Session, scope: ColumnElement[bool]) -> None:
@@ -313,6 +330,26 @@ class ProbeRepository(Repository):
                           f"{self.max_attempts} times")
             .execution_options(synchronize_session=False)
         )
+
+
+def check_input_elements(input_shape: Sequence[int], batch_size: int, maximum: int) -> None:
+    """Raise `InvalidSpecError` naming `input_shape` when a batch of `batch_size` inputs of
+    `input_shape` has more than `maximum` elements: the agent would build that array."""
+    elements = math.prod(int(d) for d in input_shape) * int(batch_size)
+    if elements > maximum:
+        raise InvalidSpecError(
+            "input_shape", f"The input of batch_size {batch_size} and input_shape "
+                           f"{list(input_shape)} has {elements:,} elements, but must have at "
+                           f"most {maximum:,} (probe_max_input_elements).")
+
+
+def bounded_reason(reason: str) -> str:
+    """`reason` with unprintable characters (NUL, escapes, newlines) dropped, at most
+    `MAX_REASON_CHARS` long: a reason says what failed, it does not carry data."""
+    printable = "".join(c if c.isprintable() else " " for c in reason).strip()
+    if len(printable) <= MAX_REASON_CHARS:
+        return printable or "no reason given"
+    return printable[:MAX_REASON_CHARS - 3] + "..."
 
 
 def checked_result(result: dict[str, Any]) -> dict[str, Any]:

@@ -12,13 +12,15 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
+from hostile_models import relu
 from servers import auth_headers
 
 from edgetune.api import create_app
 from edgetune.settings import Settings
 from edgetune.storage import Device, utcnow
 
-MODEL = b"not parsed by the server: the agent finds out" * 20
+#: A tiny valid ONNX model: the server checks that an upload is one (parsed, never run).
+MODEL = relu()
 RESULT = {"p50_ms": 1.0, "p90_ms": 1.5, "mean_ms": 1.1, "std_ms": 0.2, "n": 30, "threads": 2}
 QUICK = {"warmup": 1, "min_repeats": 5, "min_time_s": 0.0}
 
@@ -180,7 +182,7 @@ def test_uploads_are_capped_by_max_upload_bytes_and_other_bodies_by_max_body_byt
 ) -> None:
     register(client)
     # Over max_body_bytes but under max_upload_bytes: only the upload route takes it.
-    assert upload(client, content=b"x" * 2000).status_code == 202
+    assert upload(client, content=tiny_onnx(100)).status_code == 202
     big_json = {"name": "pi", "hardware": {"blob": "x" * 2000}}
     assert client.post("/api/v1/devices", json=big_json).status_code == 413
     over = upload(client, content=b"x" * (settings.max_upload_bytes + 1))
@@ -241,9 +243,11 @@ def test_complete_and_fail_errors(client: TestClient) -> None:
     assert client.post(f"{url}:fail", json={"agent": "a", "reason": ""}).status_code == 422
     assert client.post(f"{url}:fail", json={"reason": "x"}).status_code == 422
 
-    # Only the lease holder fails it.
+    # Only the lease holder fails (or completes) it.
     other = client.post(f"{url}:fail", json={"agent": "b", "reason": "not mine"})
-    assert other.status_code == 200 and other.json()["status"] == "leased"
+    assert other.status_code == 409 and client.get(url).json()["status"] == "leased"
+    forged = client.post(f"{url}:complete", json={"agent": "b", "result": RESULT})
+    assert forged.status_code == 409 and client.get(url).json()["result"] is None
     failed = client.post(f"{url}:fail", json={"agent": "a", "reason": "the model is corrupt"})
     assert failed.status_code == 200
     assert failed.json()["status"] == "failed" and failed.json()["error"] == "the model is corrupt"

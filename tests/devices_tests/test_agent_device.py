@@ -95,3 +95,33 @@ def test_a_cuda_agent_measures_on_the_gpu(monkeypatch: pytest.MonkeyPatch,
                              "min_repeats": 5, "min_time_s": 0.0, "batch_size": 1,
                              "input_shape": [16], "artifact_sha256": "0" * 64})
     assert result["device"] == "cuda" and result["n"] >= 5 and result["p50_ms"] > 0
+
+
+def test_a_failure_reason_is_short_printable_and_one_line() -> None:
+    from edgetune.devices.agent import REASON_CHARS, failure_reason
+
+    secret = "admin-token-" + "x" * 5000
+    reason = failure_reason("could not measure the model abc", RuntimeError(
+        f"expected a tensor\x00\x1b[0m, got '{secret}'\nsecond line: {secret}"))
+    assert reason.startswith("could not measure the model abc: RuntimeError: expected a tensor")
+    assert len(reason) <= REASON_CHARS and reason.isprintable()
+    assert "second line" not in reason
+    assert failure_reason("x", ValueError()) == "x: ValueError"
+
+
+def test_limits_of_an_agent_are_checked() -> None:
+    with pytest.raises(ValueError, match="`measure_timeout_s` is 0"):
+        Agent(SERVER, name="edge", measure_timeout_s=0)
+    with pytest.raises(ValueError, match="`max_input_elements` is 0"):
+        Agent(SERVER, name="edge", max_input_elements=0)
+    with pytest.raises(ValueError, match="`memory_bytes` is 1024"):
+        Agent(SERVER, name="edge", memory_bytes=1024)
+
+
+def test_an_agent_refuses_an_input_over_its_bound_before_downloading() -> None:
+    agent = Agent(SERVER, name="edge", max_input_elements=1000)
+    probe = {"runtime": "onnxruntime", "threads": 1, "warmup": 0, "min_repeats": 1,
+             "min_time_s": 0.0, "batch_size": 1, "input_shape": [20000, 20000],
+             "artifact_sha256": "0" * 64}
+    with pytest.raises(ValueError, match=r"400,000,000 elements.*at most 1,000"):
+        agent._measure(probe)  # no server runs: it never gets as far as downloading

@@ -158,7 +158,8 @@ def test_cuda_without_a_gpu_is_an_error_naming_the_option(
         # An onnxruntime-gpu install lists its CUDA provider whether or not a GPU is there.
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: providers)
-    config = dataclasses.replace(FAST, device="cuda")
+    # In this process: the monkeypatched view of the machine is this process's only.
+    config = dataclasses.replace(FAST, device="cuda", timeout_s=None, memory_bytes=None)
     with pytest.raises(AcceleratorUnavailableError, match=r"`device` is 'cuda'.*no CUDA GPU"):
         measure_latency(artifacts[runtime], runtime=runtime, input_shape=INPUT_SHAPE,
                         config=config)
@@ -268,3 +269,63 @@ def test_registry(name: str) -> None:
 
 def test_default_runtime_is_registered() -> None:
     assert default_runtime() in RUNTIMES
+
+
+# --- the guarded measurement: a child process with limits ------------------------------------
+def _onnx_file(tmp_path: Path, name: str, data: bytes) -> Path:
+    path = tmp_path / f"{name}.onnx"
+    path.write_bytes(data)
+    return path
+
+
+def test_a_model_that_never_ends_is_killed_at_the_time_limit(tmp_path: Path) -> None:
+    _skip_without_engine("onnxruntime")
+    from hostile_models import INPUT, endless_loop, relu
+
+    from edgetune.devices.measurer import MeasurementLimitExceeded
+
+    config = dataclasses.replace(FAST, timeout_s=2.0)
+    loop = _onnx_file(tmp_path, "loop", endless_loop())
+    with pytest.raises(MeasurementLimitExceeded, match="time limit of 2 s"):
+        measure_latency(loop, runtime="onnxruntime", input_shape=(1, *INPUT), config=config)
+    # The killed child is replaced: the next model is measured.
+    result = measure_latency(_onnx_file(tmp_path, "relu", relu()), runtime="onnxruntime",
+                             input_shape=(1, *INPUT), config=config)
+    assert result.n >= FAST.min_repeats
+
+
+def test_a_model_over_the_memory_limit_fails_and_the_next_is_measured(tmp_path: Path) -> None:
+    _skip_without_engine("onnxruntime")
+    from hostile_models import INPUT, huge_constant, relu
+
+    from edgetune.devices.measurer import MeasurementLimitExceeded
+
+    config = dataclasses.replace(FAST, memory_bytes=1 << 30)
+    huge = _onnx_file(tmp_path, "huge", huge_constant(8 << 30))
+    with pytest.raises(MeasurementLimitExceeded, match="memory limit: 1,073,741,824 bytes"):
+        measure_latency(huge, runtime="onnxruntime", input_shape=(1, *INPUT), config=config)
+    result = measure_latency(_onnx_file(tmp_path, "relu", relu()), runtime="onnxruntime",
+                             input_shape=(1, *INPUT), config=config)
+    assert result.n >= FAST.min_repeats
+
+
+def test_a_stop_request_kills_the_measurement(tmp_path: Path) -> None:
+    _skip_without_engine("onnxruntime")
+    import threading
+
+    from hostile_models import INPUT, endless_loop
+
+    from edgetune.devices.measurer import MeasurementStopped
+
+    stop = threading.Event()
+    threading.Timer(1.0, stop.set).start()
+    with pytest.raises(MeasurementStopped):
+        measure_latency(_onnx_file(tmp_path, "loop", endless_loop()), runtime="onnxruntime",
+                        input_shape=(1, *INPUT), config=dataclasses.replace(FAST, timeout_s=600),
+                        stop=stop)
+
+
+@pytest.mark.parametrize(("field", "value"), [("timeout_s", 0.0), ("memory_bytes", 1024)])
+def test_bad_limits_name_the_field(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=f"`{field}` is {value}"):
+        MeasureConfig(**{field: value})

@@ -12,12 +12,14 @@ from typing import Any
 
 import httpx
 import pytest
+from hostile_models import relu
 from servers import TEST_TOKEN, RunningServer, create_token, start_server, stop_server
 
 pytestmark = pytest.mark.slow
 
 PUBLIC = {("get", "/api/v1/health")}
-MODEL = b"an ONNX model, as far as the server cares" * 4
+#: A tiny valid ONNX model: the server checks that an upload is one (parsed, never run).
+MODEL = relu()
 ASK_TELL_JOB = {
     "name": "tenant-b", "mode": "ask-tell", "seed": 0,
     "space": {"name": None, "params": [{"type": "float", "name": "x", "low": 0, "high": 1}]},

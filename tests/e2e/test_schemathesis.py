@@ -15,11 +15,13 @@ from xml.etree import ElementTree
 
 import httpx
 import pytest
+from hostile_models import relu
 from servers import TEST_TOKEN, RunningServer, auth_headers, create_token, start_server, stop_server
 
 pytestmark = pytest.mark.slow
 
-MODEL = b"an ONNX model, as far as the server cares" * 4
+#: A tiny valid ONNX model: the server checks that an upload is one (parsed, never run).
+MODEL = relu()
 JOB = {
     "name": "fuzzed", "mode": "ask-tell", "seed": 0,
     "space": {"name": None, "params": [{"type": "float", "name": "x", "low": 0, "high": 1}]},

@@ -1,5 +1,7 @@
 """Oversized uploads: a 300 MiB model against a 256 MiB cap gets 413, and the server neither
-holds the body in memory nor keeps a partial file of it.
+holds the body in memory nor keeps a partial file of it. Bodies that are not ONNX models are
+refused before anything is queued or stored; a tenant's uploads count against a quota, and
+are collected once no probe names them.
 
 The test streams its bodies from a generator (one 1 MiB buffer, sent again and again), so
 that it does not hold 300 MiB itself; the server's memory is read from /proc (VmRSS of the
@@ -9,6 +11,7 @@ that it does not hold 300 MiB itself; the server's memory is read from /proc (Vm
 from __future__ import annotations
 
 import os
+import random
 import socket
 import threading
 import time
@@ -20,6 +23,10 @@ import httpx
 import pytest
 from servers import RunningServer, auth_headers, start_server, stop_server
 
+pytest.importorskip("onnx")
+
+from hostile_models import relu
+
 pytestmark = pytest.mark.slow
 
 MiB = 1024 * 1024
@@ -28,12 +35,14 @@ BODY = 300 * MiB
 #: How much the server's memory may grow while it refuses the body.
 MAX_GROWTH = 50 * MiB
 QUERY = {"device": "board", "runtime": "onnxruntime", "input_shape": [1, 8]}
+QUOTA_COUNT = 3
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     running = start_server(tmp_path_factory.mktemp("uploads"), workers=0,
-                           env={"EDGETUNE_MAX_UPLOAD_BYTES": str(CAP)})
+                           env={"EDGETUNE_MAX_UPLOAD_BYTES": str(CAP),
+                                "EDGETUNE_UPLOAD_QUOTA_COUNT": str(QUOTA_COUNT)})
     answer = httpx.post(f"{running.url}/api/v1/devices", headers=auth_headers(),
                         json={"name": "board", "runtimes": ["onnxruntime"]}, timeout=30)
     assert answer.status_code in (200, 201), answer.text
@@ -120,9 +129,14 @@ def partial_files(server: RunningServer) -> list[Path]:
     return list((server.data_dir / "artifacts").glob(".upload-*"))
 
 
+def upload_model(server: RunningServer, body: bytes) -> httpx.Response:
+    return httpx.post(f"{server.url}/api/v1/probes", params=QUERY, content=body, timeout=60,
+                      headers={**auth_headers(), "Content-Type": "application/octet-stream"})
+
+
 def warm_up(server: RunningServer) -> None:
     """One small accepted upload first, so the baseline includes the route's own imports."""
-    answer = upload(server, Body(4096), declare_length=True)
+    answer = upload_model(server, relu())
     assert answer.status_code in (200, 202), answer.text
     time.sleep(0.5)
 
@@ -180,3 +194,47 @@ def test_a_chunked_oversized_body_gets_413_without_being_held(server: RunningSer
     # The server streamed the body to a file as it came and removed it on refusing.
     assert artifacts(server) == stored and not partial_files(server)
     assert httpx.get(f"{server.url}/api/v1/health", timeout=10).status_code == 200
+
+
+def test_bodies_that_are_not_onnx_models_are_refused_and_not_stored(
+    server: RunningServer,
+) -> None:
+    warm_up(server)
+    stored = artifacts(server)
+    listed = httpx.get(f"{server.url}/api/v1/probes", headers=auth_headers(), timeout=30)
+    for seed in range(10):  # 10 x 4 MB of random bytes, as the attack sent
+        answer = upload_model(server, random.Random(seed).randbytes(4 * MiB))
+        assert answer.status_code == 422, answer.text
+        assert "not a valid ONNX model" in str(answer.json()["detail"])
+    assert artifacts(server) == stored and not partial_files(server)
+    again = httpx.get(f"{server.url}/api/v1/probes", headers=auth_headers(), timeout=30)
+    assert again.json()["count"] == listed.json()["count"]
+
+
+def test_uploads_past_the_quota_are_refused_and_collected_with_their_device(
+    server: RunningServer,
+) -> None:
+    warm_up(server)  # the tenant's first model
+    held = artifacts(server)
+    answers = [upload_model(server, relu(variant)) for variant in range(1, QUOTA_COUNT + 1)]
+    assert [a.status_code for a in answers[:-1]] == [202] * (QUOTA_COUNT - 1), answers[0].text
+    refused = answers[-1]
+    assert refused.status_code == 413, refused.text
+    assert f"upload_quota_count {QUOTA_COUNT}" in refused.json()["detail"]
+    # The same model again costs nothing more.
+    assert upload_model(server, relu(1)).status_code in (200, 202)
+    uploaded = artifacts(server) - held
+    assert len(uploaded) == QUOTA_COUNT - 1
+
+    # Deleting the device deletes its probes, and the models no probe names any more.
+    devices = httpx.get(f"{server.url}/api/v1/devices", headers=auth_headers(),
+                        timeout=30).json()["data"]
+    device = next(d for d in devices if d["name"] == "board")
+    assert httpx.delete(f"{server.url}/api/v1/devices/{device['id']}",
+                        headers=auth_headers(), timeout=30).status_code == 204
+    assert not {p for p in artifacts(server) if p.suffix == ".onnx"}
+    # The quota is free again.
+    answer = httpx.post(f"{server.url}/api/v1/devices", headers=auth_headers(),
+                        json={"name": "board", "runtimes": ["onnxruntime"]}, timeout=30)
+    assert answer.status_code in (200, 201), answer.text
+    assert all(upload_model(server, relu(v)).status_code == 202 for v in range(QUOTA_COUNT))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +24,8 @@ from edgetune.storage import (
     probe_cache_key,
     utcnow,
 )
+from edgetune.storage.artifacts import UploadQuotaExceeded, UploadRepository, artifact_path
+from edgetune.storage.probes import MAX_REASON_CHARS
 
 SHA = "ab" * 32
 CONFIG: dict[str, Any] = {"runtime": "onnxruntime", "input_shape": [3, 32, 32], "batch_size": 1,
@@ -241,28 +245,31 @@ def test_a_probe_nobody_leased_cannot_be_reported(probes: ProbeRepository,
     assert probes.get(probe.id).status == ProbeStatus.PENDING
 
 
-def test_a_late_result_is_believed_until_another_agent_reported(
-    probes: ProbeRepository, device: Device
-) -> None:
-    # The slow agent's lease expires; another agent takes the probe over; the slow one
-    # finishes first: its measurement is stored, and the other's report changes nothing.
+def test_only_the_lease_holder_completes(probes: ProbeRepository, device: Device) -> None:
+    # The slow agent's lease expires and another agent takes the probe over: the slow one's
+    # result is refused (a result nobody holding the lease asked for cannot be told from a
+    # forged one, and would be served from the cache), the holder's is stored.
     probe = request(probes, device)
     probes.lease(device.id, "slow", lease_s=60)
     expire(probes, probe.id)
     assert probes.lease(device.id, "fast", lease_s=60) is not None
-    late = probes.complete(probe.id, "slow", RESULT)
-    assert late.status == ProbeStatus.DONE and late.lease_owner == "slow"
+    with pytest.raises(ConflictError, match="only the holder"):
+        probes.complete(probe.id, "slow", RESULT)
+    assert probes.get(probe.id).status == ProbeStatus.LEASED
     other = {**RESULT, "p50_ms": 2.0, "p90_ms": 2.5}
-    assert probes.complete(probe.id, "fast", other).result == RESULT
-
-    # The other way round: the agent that took over reports first; the late one is dropped.
-    probe = request(probes, device, sha="cd" * 32)
-    probes.lease(device.id, "slow", lease_s=60)
-    expire(probes, probe.id)
-    probes.lease(device.id, "fast", lease_s=60)
-    assert probes.complete(probe.id, "fast", other).result == other
-    dropped = probes.complete(probe.id, "slow", RESULT)
-    assert dropped.result == other and dropped.lease_owner == "fast"
+    done = probes.complete(probe.id, "fast", other)
+    assert done.result == other and done.lease_owner == "fast"
+    # Once done, only the holder's retry is answered (unchanged); anyone else is refused.
+    assert probes.complete(probe.id, "fast", RESULT).result == other
+    with pytest.raises(ConflictError, match="only the holder"):
+        probes.complete(probe.id, "slow", RESULT)
+    # An agent that never leased it at all: refused, and nothing is cached.
+    forged = request(probes, device, sha="cd" * 32)
+    probes.lease(device.id, "agent", lease_s=60)
+    with pytest.raises(ConflictError, match="only the holder"):
+        probes.complete(forged.id, "forger", {**RESULT, "p50_ms": 0.001, "p90_ms": 0.001})
+    assert probes.get(forged.id).status == ProbeStatus.LEASED
+    assert probes.get(forged.id).result is None
 
 
 def test_fail_records_the_reason_and_only_the_lease_holder_fails(
@@ -273,17 +280,44 @@ def test_fail_records_the_reason_and_only_the_lease_holder_fails(
     expire(probes, probe.id)
     probes.lease(device.id, "fast", lease_s=60)
     # The agent that lost its lease does not fail the attempt of the one holding it.
-    kept = probes.fail(probe.id, "slow", "out of memory")
+    with pytest.raises(ConflictError, match="only the holder"):
+        probes.fail(probe.id, "slow", "out of memory")
+    kept = probes.get(probe.id)
     assert kept.status == ProbeStatus.LEASED and kept.lease_owner == "fast"
     failed = probes.fail(probe.id, "fast", "onnxruntime: invalid model", tenant="default")
     assert failed.status == ProbeStatus.FAILED and failed.error == "onnxruntime: invalid model"
     assert failed.finished_at is not None and failed.result is None
     # Final: failing again, or a late result, changes nothing.
     assert probes.fail(probe.id, "fast", "again").error == "onnxruntime: invalid model"
-    late = probes.complete(probe.id, "slow", RESULT)
-    assert late.status == ProbeStatus.FAILED and late.result is None
+    with pytest.raises(ConflictError):
+        probes.complete(probe.id, "slow", RESULT)
+    assert probes.get(probe.id).result is None
     with pytest.raises(InvalidSpecError, match="reason"):
         probes.fail(probe.id, "fast", " ")
+
+
+def test_a_failure_reason_is_kept_printable_and_short(probes: ProbeRepository,
+                                                      device: Device) -> None:
+    probe = request(probes, device)
+    probes.lease(device.id, "agent", lease_s=60)
+    secret = "s3cr3t-token-" * 400
+    failed = probes.fail(probe.id, "agent", f"boom\x00\x1b[31m\n{secret}")
+    assert failed.error is not None and len(failed.error) <= MAX_REASON_CHARS
+    assert failed.error.isprintable() and failed.error.startswith("boom")
+
+
+def test_an_input_over_the_bound_is_refused_naming_the_field(probes: ProbeRepository,
+                                                             device: Device) -> None:
+    bounded = ProbeRepository(probes.db, max_input_elements=1000)
+    with pytest.raises(InvalidSpecError, match=r"input_shape.*at most 1,000") as excinfo:
+        bounded.request(device.id, artifact_sha256="ab" * 32, runtime="onnxruntime",
+                        input_shape=[20000, 20000], batch_size=1, threads=1, warmup=0,
+                        min_repeats=1, min_time_s=0.0)
+    assert excinfo.value.field == "input_shape"
+    # At the bound is fine.
+    assert bounded.request(device.id, artifact_sha256="ab" * 32, runtime="onnxruntime",
+                           input_shape=[10, 10], batch_size=10, threads=1, warmup=0,
+                           min_repeats=1, min_time_s=0.0).status == ProbeStatus.PENDING
 
 
 def test_wait_returns_the_probe_as_it_is_when_time_is_up(
@@ -363,3 +397,43 @@ def test_invalid_results_are_refused_naming_the_field(
     assert isinstance(raised.value, InvalidSpecError) and raised.value.field == field
     got = probes.get(probe.id)
     assert got.status == ProbeStatus.LEASED and got.result is None
+
+
+def test_uploads_count_against_a_quota_and_are_collected_once_no_probe_names_them(
+    probes: ProbeRepository, device: Device, tmp_path: Path
+) -> None:
+    uploads = UploadRepository(probes.db)
+    limits = {"max_count": 2, "max_bytes": 1000}
+    files = {}
+    for sha in ("ab" * 32, "cd" * 32):
+        uploads.check_quota("default", sha, 400, **limits)
+        files[sha] = artifact_path(tmp_path, sha, "onnx")
+        files[sha].write_bytes(b"x" * 400)
+        request(probes, device, sha=sha)
+        uploads.record("default", sha, 400)
+    uploads.record("default", "ab" * 32, 400)  # held already: counted once
+    assert uploads.usage("default").count == 2 and uploads.usage("default").size_bytes == 800
+    # What the tenant holds costs nothing more; a third model, or more bytes, is refused.
+    uploads.check_quota("default", "ab" * 32, 400, **limits)
+    with pytest.raises(UploadQuotaExceeded, match="upload_quota_count 2"):
+        uploads.check_quota("default", "ef" * 32, 1, **limits)
+    with pytest.raises(UploadQuotaExceeded, match="upload_quota_bytes"):
+        uploads.check_quota("default", "ef" * 32, 300, max_count=5, max_bytes=1000)
+    # Another tenant has a quota of its own.
+    uploads.check_quota("globex", "ef" * 32, 900, **limits)
+
+    # A trial's own artifact has no upload row: never collected.
+    trial_file = artifact_path(tmp_path, "12" * 32, "onnx")
+    trial_file.write_bytes(b"trial")
+    assert uploads.collect(tmp_path, grace_s=0) == []  # probes name both uploads
+    DeviceRepository(probes.db).delete(device.id)
+    # Written just now: an upload may be in flight, the grace keeps the files.
+    assert uploads.collect(tmp_path, grace_s=3600) == []
+    assert all(path.exists() for path in files.values())
+    assert uploads.usage("default").count == 0  # forgotten all the same
+    for sha, path in files.items():
+        uploads.record("default", sha, 400)
+        os.utime(path, (0, 0))
+    assert sorted(uploads.collect(tmp_path, grace_s=60)) == sorted(files)
+    assert not any(path.exists() for path in files.values())
+    assert trial_file.exists()

@@ -27,6 +27,7 @@ from edgetune.search.device_latency import (
 )
 from edgetune.settings import Settings
 from edgetune.storage import Device, DeviceRepository, ProbeRepository, is_online
+from edgetune.storage.artifacts import UploadRepository
 
 from ..deps import AgentDep, DatabaseDep, ReaderDep, SettingsDep, UserDep
 
@@ -83,9 +84,12 @@ def get_device(
 
 
 @router.delete("/{device_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_ERRORS)
-def delete_device(device_id: str, db: DatabaseDep, caller: UserDep) -> Response:
-    """Forget the device and every probe of it."""
+def delete_device(device_id: str, db: DatabaseDep, settings: SettingsDep,
+                  caller: UserDep) -> Response:
+    """Forget the device and every probe of it; uploaded models no probe names any more are
+    deleted (and leave the tenant's upload quota)."""
     DeviceRepository(db).delete(device_id, tenant=caller.tenant)
+    UploadRepository(db).collect(settings.artifact_dir, grace_s=0)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
+from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
 from edgetune.devices.runtimes import RUNTIMES
-from edgetune.errors import InvalidSpecError, NotFoundError
+from edgetune.errors import InvalidSpecError, MissingDependencyError, NotFoundError
 from edgetune.schemas import (
     ErrorPublic,
     ProbeComplete,
@@ -22,8 +23,9 @@ from edgetune.schemas import (
     ProbesPublic,
 )
 from edgetune.settings import Settings
-from edgetune.storage import Database, Device, DeviceRepository, ProbeRepository
-from edgetune.storage.artifacts import artifact_path
+from edgetune.storage import Database, Device, DeviceRepository, Probe, ProbeRepository
+from edgetune.storage.artifacts import UploadQuotaExceeded, UploadRepository, artifact_path
+from edgetune.storage.probes import check_input_elements
 
 from ..deps import AgentDep, DatabaseDep, ReaderDep, SettingsDep, UserDep
 
@@ -31,6 +33,10 @@ router = APIRouter(prefix="/probes", tags=["probes"])
 
 #: The one route whose body may exceed `max_body_bytes` (up to `max_upload_bytes`).
 UPLOAD_PATH = "/probes"
+#: What an upload may be measured with. A TorchScript file is a program (it may call
+#: `torch.from_file`, say, and read or write the agent's files); only the service's own
+#: exported artifacts, which a trial queues itself, are measured with torchscript.
+UPLOAD_RUNTIMES = ("onnxruntime",)
 _ERRORS: dict[int | str, dict[str, Any]] = {404: {"model": ErrorPublic}}
 _MODEL_BODY = {
     "required": True,
@@ -43,7 +49,10 @@ _MODEL_BODY = {
     "", response_model=ProbePublic, status_code=status.HTTP_202_ACCEPTED,
     openapi_extra={"requestBody": _MODEL_BODY},
     responses={200: {"model": ProbePublic, "description": "Answered from the cache."},
-               **_ERRORS, 413: {"model": ErrorPublic}, 422: {"model": ErrorPublic}},
+               **_ERRORS, 413: {"model": ErrorPublic,
+                                "description": "Over `max_upload_bytes`, or over the tenant's "
+                                               "upload quota."},
+               422: {"model": ErrorPublic}},
 )
 async def create_probe(
     params: Annotated[ProbeCreate, Query()],
@@ -53,20 +62,33 @@ async def create_probe(
     settings: SettingsDep,
     caller: UserDep,
 ) -> ProbePublic:
-    """Measure the uploaded model (the request body; ONNX for onnxruntime, TorchScript for
-    torchscript) on a registered device: 202 with the queued probe, or 200 with a done one
-    when the same model was measured the same way before. The model is stored under its
-    sha256, the name its agent downloads it by."""
+    """Measure the uploaded model (the request body, an ONNX model, measured with
+    onnxruntime) on a registered device: 202 with the queued probe, or 200 with a done one
+    when the same model was measured the same way before. The model is checked to be ONNX
+    (parsed and checked, never run) and stored under its sha256, the name its agent
+    downloads it by; it counts against the tenant's upload quota (413 past it) until no probe
+    names it. TorchScript uploads are refused: a TorchScript file is a program."""
+    if params.runtime not in UPLOAD_RUNTIMES:
+        known = params.runtime in RUNTIMES
+        raise InvalidSpecError("runtime", f"The value of `runtime` is {params.runtime!r}, but an "
+                                          "uploaded model must be measured with one of "
+                                          f"{', '.join(map(repr, UPLOAD_RUNTIMES))}"
+                                          + (": a TorchScript file is a program, measured only "
+                                             "when the service exported it (a trial's model)"
+                                             if known else "."))
+    check_input_elements(params.input_shape, params.batch_size,
+                         settings.probe_max_input_elements)
     device = await run_in_threadpool(find_device, db, params.device, caller.tenant)
-    if params.runtime not in RUNTIMES:
-        raise InvalidSpecError("runtime", f"The value of `runtime` is {params.runtime!r}, but "
-                                          f"must be one of {', '.join(map(repr, RUNTIMES))}.")
     if params.runtime not in device.runtimes:
         raise InvalidSpecError("runtime", f"device {device.name!r} does not offer runtime "
                                           f"{params.runtime!r}; it offers {device.runtimes}")
-    sha256 = await _store_upload(request, settings, RUNTIMES[params.runtime].artifact_format)
+    uploads = UploadRepository(db)
+    await run_in_threadpool(uploads.collect, settings.artifact_dir)
+    sha256, size = await _store_upload(request, settings, caller.tenant,
+                                       RUNTIMES[params.runtime].artifact_format)
+    probes = ProbeRepository(db, max_input_elements=settings.probe_max_input_elements)
     probe = await run_in_threadpool(
-        ProbeRepository(db).request, device.id, tenant=caller.tenant, artifact_sha256=sha256,
+        probes.request, device.id, tenant=caller.tenant, artifact_sha256=sha256,
         runtime=params.runtime,
         input_shape=params.input_shape, batch_size=params.batch_size,
         threads=params.threads if params.threads is not None else device.threads,
@@ -76,9 +98,11 @@ async def create_probe(
         min_time_s=(params.min_time_s if params.min_time_s is not None
                     else settings.latency_min_time_s),
     )
+    # Counted once its probe names it: the collector forgets uploads no probe names.
+    await run_in_threadpool(uploads.record, caller.tenant, sha256, size)
     if probe.status == "done":
         response.status_code = status.HTTP_200_OK
-    return ProbePublic.model_validate(probe, from_attributes=True)
+    return public(probe)
 
 
 @router.get("", response_model=ProbesPublic, responses=_ERRORS)
@@ -94,14 +118,12 @@ def list_probes(
     device_id = find_device(db, device, caller.tenant).id if device is not None else None
     rows, count = ProbeRepository(db).list(tenant=caller.tenant, device_id=device_id,
                                            status=status, offset=offset, limit=limit)
-    return ProbesPublic(data=[ProbePublic.model_validate(p, from_attributes=True) for p in rows],
-                        count=count)
+    return ProbesPublic(data=[public(p) for p in rows], count=count)
 
 
 @router.get("/{probe_id}", response_model=ProbePublic, responses=_ERRORS)
 def get_probe(probe_id: str, db: DatabaseDep, caller: ReaderDep) -> ProbePublic:
-    return ProbePublic.model_validate(ProbeRepository(db).get(probe_id, tenant=caller.tenant),
-                                      from_attributes=True)
+    return public(ProbeRepository(db).get(probe_id, tenant=caller.tenant))
 
 
 @router.post(
@@ -111,8 +133,9 @@ def get_probe(probe_id: str, db: DatabaseDep, caller: ReaderDep) -> ProbePublic:
 def complete_probe(
     probe_id: str, body: ProbeComplete, db: DatabaseDep, caller: AgentDep
 ) -> ProbePublic:
-    """An agent's measurement of a probe it leased. Stored once: posting it again, or after
-    the probe finished otherwise, changes nothing. 409 for a probe nobody leased."""
+    """The measurement of the agent holding the probe's lease (`agent`, the owner it leased
+    it under). Stored once: the holder posting it again changes nothing. 409 for a probe
+    this agent does not hold: nobody leased it, or another agent holds or finished it."""
     probe = ProbeRepository(db).complete(probe_id, body.agent, body.result,
                                          tenant=caller.tenant)
     return ProbePublic.model_validate(probe, from_attributes=True)
@@ -123,10 +146,19 @@ def complete_probe(
     responses={**_ERRORS, 409: {"model": ErrorPublic}, 422: {"model": ErrorPublic}},
 )
 def fail_probe(probe_id: str, body: ProbeFail, db: DatabaseDep, caller: AgentDep) -> ProbePublic:
-    """The agent holding the probe's lease could not measure it; `reason` says why. A final
-    probe, or one another agent leased since, does not change."""
+    """The agent holding the probe's lease could not measure it; `reason` says why (kept
+    printable, at most 500 characters). 409 as for `:complete`."""
     probe = ProbeRepository(db).fail(probe_id, body.agent, body.reason, tenant=caller.tenant)
     return ProbePublic.model_validate(probe, from_attributes=True)
+
+
+def public(probe: Probe) -> ProbePublic:
+    """The probe as a reader sees it: the owner of a live lease is the lease holder's secret
+    (only it may report on the probe), shown once the probe is done or failed."""
+    shown = ProbePublic.model_validate(probe, from_attributes=True)
+    if probe.status in ("pending", "leased"):
+        shown.lease_owner = None
+    return shown
 
 
 def find_device(db: Database, name_or_id: str, tenant: str) -> Device:
@@ -138,8 +170,11 @@ def find_device(db: Database, name_or_id: str, tenant: str) -> Device:
         return devices.get_by_name(name_or_id, tenant=tenant)
 
 
-async def _store_upload(request: Request, settings: Settings, format: str) -> str:
-    """Stream the body into the artifact directory under its sha256; never a client's name."""
+async def _store_upload(request: Request, settings: Settings, tenant: str,
+                        format: str) -> tuple[str, int]:
+    """Stream the body into the artifact directory under its sha256 (never a client's name),
+    once it is known to be a model of `format` within the tenant's quota; its sha256 and
+    size."""
     directory = settings.artifact_dir
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / f".upload-{uuid.uuid4().hex}.part"
@@ -158,7 +193,52 @@ async def _store_upload(request: Request, settings: Settings, format: str) -> st
             raise InvalidSpecError("model", "The request body must be the model file; it is "
                                             "empty.")
         sha256 = digest.hexdigest()
+        await run_in_threadpool(_check_model, tmp, format)
+        try:
+            await run_in_threadpool(
+                UploadRepository(request.app.state.db).check_quota, tenant, sha256, size,
+                max_count=settings.upload_quota_count, max_bytes=settings.upload_quota_bytes)
+        except UploadQuotaExceeded as e:
+            raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, detail=str(e)) from e
         os.replace(tmp, artifact_path(directory, sha256, format))
-        return sha256
+        return sha256, size
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _check_model(path: Path, format: str) -> None:
+    """Raise `InvalidSpecError` naming `model` unless the file is a well-formed,
+    self-contained ONNX model. It is parsed and checked, never run."""
+    if format != "onnx":  # only ONNX is uploaded (UPLOAD_RUNTIMES)
+        raise InvalidSpecError("model", f"An uploaded model must be ONNX, not {format}.")
+    try:
+        import onnx
+        from onnx.external_data_helper import uses_external_data
+    except ImportError as e:
+        raise MissingDependencyError("onnx", "onnx") from e
+    data = path.read_bytes()  # at most max_upload_bytes, streamed to disk first
+    try:
+        model = onnx.load_from_string(data)
+        onnx.checker.check_model(model)
+    except Exception as e:  # protobuf's and the checker's errors alike: not a model
+        first = (str(e).strip().splitlines() or [""])[0]
+        message = "".join(c for c in first if c.isprintable())[:200]
+        raise InvalidSpecError("model", f"The request body is not a valid ONNX model "
+                                        f"({type(e).__name__}: {message}).") from None
+    # A tensor stored "externally" names a file for the runtime to read: an upload must be
+    # one file, and name none.
+    graphs = [model.graph]
+    while graphs:
+        graph = graphs.pop()
+        tensors = list(graph.initializer)
+        for node in graph.node:
+            for attribute in node.attribute:
+                tensors.extend([attribute.t] if attribute.HasField("t") else [])
+                tensors.extend(attribute.tensors)
+        if any(uses_external_data(t) for t in tensors):
+            raise InvalidSpecError("model", "The uploaded ONNX model keeps tensors in external "
+                                            "files; upload a self-contained model.")
+        for node in graph.node:
+            for attribute in node.attribute:
+                graphs.extend([attribute.g] if attribute.HasField("g") else [])
+                graphs.extend(attribute.graphs)
