@@ -130,7 +130,7 @@ def local_token_file(path: Path) -> str:
     """The token in `path`, written first with a new secret when there is none. Several API
     processes starting at once agree on one: the file appears whole or not at all."""
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:

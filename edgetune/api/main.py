@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from edgetune import __version__
 from edgetune.api.auth import Authenticator, install_tokens
 from edgetune.api.errors import install_error_handlers
+from edgetune.api.invalid_text import RefuseInvalidText
 from edgetune.api.routes import artifacts, ask_tell, devices, health, jobs, probes, tokens
 from edgetune.devices.predictor import PredictorCache
 from edgetune.schemas import ErrorPublic
@@ -49,10 +50,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
 
-    # Uploaded models are larger than any JSON body: only their route takes more.
+    # Inside the size cap: it reads a JSON body whole, so the cap must bound it first.
+    app.add_middleware(RefuseInvalidText)
+    # Uploaded models are larger than any JSON body: only their route takes more. A JobSpec
+    # has a cap of its own, as every job's spec is read back by its workers and streams.
     app.add_middleware(
-        BodySizeLimit, max_bytes=settings.max_body_bytes,
-        larger={("POST", API_PREFIX + probes.UPLOAD_PATH): settings.max_upload_bytes},
+        BodySizeLimit, max_bytes=settings.max_body_bytes, bound="EDGETUNE_MAX_BODY_BYTES",
+        limits={
+            ("POST", API_PREFIX + probes.UPLOAD_PATH):
+                (settings.max_upload_bytes, "EDGETUNE_MAX_UPLOAD_BYTES"),
+            ("POST", API_PREFIX + "/jobs"): (settings.max_spec_bytes, "EDGETUNE_MAX_SPEC_BYTES"),
+        },
     )
 
     api = APIRouter(prefix=API_PREFIX)
@@ -80,24 +88,27 @@ class _TooLarge(Exception):
 
 class BodySizeLimit:
     """Answers 413 for a body over `max_bytes`: at once from a declared Content-Length, or as
-    soon as a chunked body passes the limit, before the rest is read. `larger` names the
-    (method, path) pairs that may send more, and how much."""
+    soon as a chunked body passes the limit, before the rest is read. `limits` names the
+    (method, path) pairs with a limit of their own, and the setting that sets it (`bound`
+    names the general one), which the answer names."""
 
     def __init__(
-        self, app: ASGIApp, *, max_bytes: int, larger: dict[tuple[str, str], int] | None = None
+        self, app: ASGIApp, *, max_bytes: int, bound: str = "",
+        limits: dict[tuple[str, str], tuple[int, str]] | None = None,
     ) -> None:
         self.app = app
-        self.max_bytes = max_bytes
-        self.larger = dict(larger or {})
+        self.default = (max_bytes, bound)
+        self.limits = dict(limits or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        max_bytes = self.larger.get((scope["method"], scope["path"].rstrip("/")), self.max_bytes)
+        max_bytes, bound = self.limits.get((scope["method"], scope["path"].rstrip("/")),
+                                           self.default)
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > max_bytes):
-            await self._refuse(scope, receive, send, max_bytes)
+            await self._refuse(scope, receive, send, max_bytes, bound)
             return
         received = 0
         too_large = refused = False
@@ -119,16 +130,19 @@ class BodySizeLimit:
             elif not refused:
                 # FastAPI turns the reader's error into its own 400; answer 413 instead.
                 refused = True
-                await self._refuse(scope, receive, send, max_bytes)
+                await self._refuse(scope, receive, send, max_bytes, bound)
 
         try:
             await self.app(scope, limited_receive, guarded_send)
         except _TooLarge:
             if not refused:
-                await self._refuse(scope, receive, send, max_bytes)
+                await self._refuse(scope, receive, send, max_bytes, bound)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, max_bytes: int) -> None:
+    async def _refuse(
+        self, scope: Scope, receive: Receive, send: Send, max_bytes: int, bound: str
+    ) -> None:
+        named = f" (the bound {bound})" if bound else ""
         response = JSONResponse(
-            status_code=413, content={"detail": f"request body over {max_bytes} bytes"}
+            status_code=413, content={"detail": f"request body over {max_bytes} bytes{named}"}
         )
         await response(scope, receive, send)

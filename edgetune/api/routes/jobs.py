@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, StreamingResponse
 from optuna.trial import FrozenTrial, TrialState
 
@@ -22,6 +23,7 @@ from edgetune.schemas import (
     JobProgress,
     JobPublic,
     JobsPublic,
+    JobSummary,
     ParetoPublic,
     TrialPublic,
     TrialsPublic,
@@ -49,7 +51,7 @@ Limit = Annotated[int, Query(ge=1, le=500)]
     responses={422: {"model": ErrorPublic}},
 )
 def create_job(
-    spec: JobSpec, jobs: JobsDep, db: DatabaseDep, caller: UserDep,
+    spec: JobSpec, jobs: JobsDep, db: DatabaseDep, settings: SettingsDep, caller: UserDep,
     idempotency_key: Annotated[str | None, Header(
         min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$",
         description="Repeating a submission with the same key returns the job the first one "
@@ -57,24 +59,42 @@ def create_job(
 ) -> JobPublic:
     """Validate a JobSpec and queue it; a worker picks it up."""
     validate_job_spec(spec, devices=known_devices(db, spec, caller.tenant))
-    job = jobs.create(spec, tenant=caller.tenant, idempotency_key=idempotency_key)
+    job = jobs.create(spec, tenant=caller.tenant, idempotency_key=idempotency_key,
+                      max_active=settings.max_active_jobs_per_tenant)
     return _public([job], db)[0]
 
 
-@router.get("", response_model=JobsPublic)
+@router.get("", response_model=JobsPublic, responses={422: {"model": ErrorPublic}})
 def list_jobs(
     jobs: JobsDep,
     db: DatabaseDep,
+    settings: SettingsDep,
     caller: UserDep,
     status: Annotated[
         str | None, Query(pattern="^(queued|running|succeeded|failed|cancelled)$")
     ] = None,
     offset: Offset = 0,
-    limit: Limit = 50,
+    limit: Annotated[int, Query(ge=1, description="At most `max_jobs_page` (100 by "
+                                "default).")] = 50,
 ) -> JobsPublic:
-    """Jobs, newest first."""
-    rows, count = jobs.list(tenant=caller.tenant, status=status, offset=offset, limit=limit)
-    return JobsPublic(data=_public(rows, db), count=count)
+    """Jobs, newest first, without their specs (`GET /jobs/{id}` has a job's spec)."""
+    if limit > settings.max_jobs_page:
+        raise RequestValidationError([{
+            "loc": ("query", "limit"), "type": "less_than_equal",
+            "msg": f"Input should be less than or equal to {settings.max_jobs_page} "
+                   "(EDGETUNE_MAX_JOBS_PAGE)",
+        }])
+    rows, count = jobs.summaries(tenant=caller.tenant, status=status, offset=offset,
+                                 limit=limit)
+    states = trial_state_counts(db, [j.study_name for j in rows])
+    return JobsPublic(count=count, data=[
+        JobSummary(
+            id=j.id, name=j.name, status=j.status,  # type: ignore[arg-type]
+            study_name=j.study_name, created_at=j.created_at, started_at=j.started_at,
+            finished_at=j.finished_at, error=j.error,
+            progress=JobProgress.from_counts(j.n_trials, states.get(j.study_name, {})),
+        ) for j in rows
+    ])
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=_ERRORS)
