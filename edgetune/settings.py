@@ -139,12 +139,12 @@ class Settings(PoolSettings):
                     "is raised to it.",
     )
     auth_failures_per_s: float = Field(
-        default=2.0, gt=0, le=1_000_000,
+        default=5.0, gt=0, le=1_000_000,
         description="Requests without a valid token one client address may make per second "
                     "(a token bucket) before its unknown tokens are refused with 429 unchecked.",
     )
     auth_failures_burst: int = Field(
-        default=60, ge=1, le=1_000_000,
+        default=200, ge=1, le=1_000_000,
         description="Requests without a valid token one client address may make at once.",
     )
     predictor_max_graph_bytes: int = Field(

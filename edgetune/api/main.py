@@ -18,6 +18,7 @@ from edgetune.api.routes import artifacts, ask_tell, devices, health, jobs, prob
 from edgetune.devices.predictor import PredictorCache
 from edgetune.schemas import ErrorPublic
 from edgetune.search.ask_tell import AskTellStudies
+from edgetune.search.events import JobEventHub, JobEventStream
 from edgetune.search.front import FrontView
 from edgetune.settings import Settings
 from edgetune.storage import JobRepository, open_database
@@ -35,10 +36,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.auth = Authenticator(app.state.db, settings)
         app.state.front = FrontView(app.state.db)
         app.state.predictors = PredictorCache()
+        jobs_repo, front = JobRepository(app.state.db), app.state.front
+        app.state.events = JobEventHub(
+            lambda job_id: JobEventStream(job_id, jobs_repo, app.state.db, front),
+            max_streams=settings.events_max_streams,
+            max_per_token=settings.events_max_streams_per_token,
+            min_interval_s=settings.events_min_interval_s,
+            live_tokens=app.state.auth.live_token_ids if settings.auth else None,
+        )
         app.state.ask_tell = AskTellStudies(
             JobRepository(app.state.db), heartbeat_s=max(1, round(settings.job_lease_s / 4))
         )
         yield
+        await app.state.events.close()
         app.state.db.dispose()
 
     app = FastAPI(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import math
@@ -13,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from optuna.trial import FrozenTrial, TrialState
 
 from edgetune.errors import InvalidSpecError, NotFoundError
@@ -29,7 +28,7 @@ from edgetune.schemas import (
     TrialsPublic,
 )
 from edgetune.search import validate_job_spec
-from edgetune.search.events import KEEPALIVE_S, JobEventStream
+from edgetune.search.events import JobEventHub, StreamLimitReached
 from edgetune.search.front import trial_metrics
 from edgetune.spec import LOCAL_DEVICE, JobSpec
 from edgetune.storage import Database, DeviceRepository, Job, optuna_storage
@@ -224,33 +223,34 @@ def get_artifact(
 @router.get(
     "/{job_id}/events",
     response_class=StreamingResponse,
-    responses={**_ERRORS, 200: {"content": {"text/event-stream": {}}}},
+    responses={**_ERRORS, 200: {"content": {"text/event-stream": {}}},
+               429: {"model": ErrorPublic, "description": "Too many event streams open: "
+                     "this token's, or the server's; see Retry-After."}},
 )
 async def job_events(
-    job_id: str, request: Request, jobs: JobsDep, db: DatabaseDep, front: FrontDep,
-    caller: UserDep, interval_s: Annotated[float, Query(ge=0.1, le=30)] = 0.5,
-) -> StreamingResponse:
+    job_id: str, request: Request, jobs: JobsDep, caller: UserDep,
+    interval_s: Annotated[float, Query(
+        ge=0.1, le=30, description="How often to look for news; raised to the server's "
+        "`events_min_interval_s` (0.5 s by default).")] = 0.5,
+) -> Response:
     """Server-sent events: `progress`, `trial` (one per finished trial), `front` (when it
-    changes) and `end` (the job's final status), after which the stream closes."""
+    changes) and `end` (the job's final status), after which the stream closes. Every stream
+    of a job is served from one shared poll of the database; a token may hold
+    `events_max_streams_per_token` streams open, the server `events_max_streams`."""
     job = await run_in_threadpool(functools.partial(jobs.get, job_id, tenant=caller.tenant))
-    stream = JobEventStream(job.id, jobs, db, front)
+    hub: JobEventHub = request.app.state.events
+    try:
+        subscription = hub.subscribe(job.id, caller.token_id, interval_s)
+    except StreamLimitReached as e:
+        return JSONResponse(status_code=429, content={"detail": str(e)},
+                            headers={"Retry-After": str(max(1, math.ceil(e.retry_after_s)))})
 
     async def generate() -> AsyncIterator[str]:
-        idle = 0.0
-        while True:
-            events, finished = await run_in_threadpool(stream.poll)
-            for event in events:
-                yield event
-            if finished:
-                return
-            if events:
-                idle = 0.0
-            elif (idle := idle + interval_s) >= KEEPALIVE_S:
-                idle = 0.0
-                yield ": keep-alive\n\n"
-            if await request.is_disconnected():
-                return
-            await asyncio.sleep(interval_s)
+        try:
+            async for message in subscription.messages():
+                yield message
+        finally:
+            hub.unsubscribe(subscription)
 
     return StreamingResponse(
         generate(), media_type="text/event-stream",
