@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         install_tokens(app.state.db, settings)
         app.state.auth = Authenticator(app.state.db, settings)
         app.state.front = FrontView(app.state.db)
-        app.state.predictors = PredictorCache()
+        app.state.predictors = PredictorCache(max_graph_bytes=settings.predictor_max_graph_bytes)
         jobs_repo, front = JobRepository(app.state.db), app.state.front
         app.state.events = JobEventHub(
             lambda job_id: JobEventStream(job_id, jobs_repo, app.state.db, front),
