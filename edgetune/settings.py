@@ -157,6 +157,12 @@ class Settings(PoolSettings):
         description="How long `GET /devices/{id}/predictor` waits for a fit before it answers "
                     "503 (the fit goes on, and a later request gets it).",
     )
+    orphan_study_grace_s: float = Field(
+        default=60.0, ge=0, le=86_400,
+        description="At start, the API deletes the studies made for a job whose row was never "
+                    "stored (a server stopped in between) once they are still orphans this "
+                    "much later.",
+    )
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -24,6 +26,7 @@ from edgetune.settings import Settings
 from edgetune.storage import JobRepository, open_database
 
 API_PREFIX = "/api/v1"
+logger = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -47,7 +50,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.ask_tell = AskTellStudies(
             JobRepository(app.state.db), heartbeat_s=max(1, round(settings.job_lease_s / 4))
         )
+        stopping = threading.Event()
+        threading.Thread(target=_reap_orphan_studies, name="orphan-studies", daemon=True,
+                         args=(JobRepository(app.state.db), settings.orphan_study_grace_s,
+                               stopping)).start()
         yield
+        stopping.set()
         await app.state.events.close()
         app.state.db.dispose()
 
@@ -80,6 +88,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         api.include_router(router, responses=AUTH_RESPONSES)
     app.include_router(api)
     return app
+
+
+class _Stopping(Exception):
+    pass
+
+
+def _reap_orphan_studies(jobs: JobRepository, grace_s: float, stopping: threading.Event) -> None:
+    """Delete the studies a stopped server left without their job (see
+    `JobRepository.reap_orphan_studies`), unless the server stops first."""
+
+    def wait(seconds: float) -> None:
+        if stopping.wait(seconds):
+            raise _Stopping
+
+    try:
+        for name in jobs.reap_orphan_studies(grace_s=grace_s, sleep=wait):
+            logger.warning("deleted study %r: its job was never stored", name)
+    except _Stopping:
+        pass
+    except Exception as e:  # the database is down: the next start tries again
+        logger.warning("could not look for orphan studies: %s", e)
 
 
 #: What every route but /health may answer besides its own responses.

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
 import uuid
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, Select, case, cast, func, or_, select, type_coerce, update
+from sqlalchemy import (
+    JSON,
+    Select,
+    case,
+    cast,
+    func,
+    or_,
+    select,
+    text,
+    type_coerce,
+    update,
+)
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -17,7 +30,7 @@ from edgetune.errors import ConflictError, NotFoundError, StorageError
 from edgetune.spec import JobSpec
 from edgetune.storage.db import Database
 from edgetune.storage.models import Base, Job, JobStatus, Runner
-from edgetune.storage.optuna_storage import create_job_study, delete_study
+from edgetune.storage.optuna_storage import JOB_ID_ATTR, create_job_study, delete_study
 
 DEFAULT_TENANT = "default"
 
@@ -180,6 +193,28 @@ class JobRepository(Repository):
                     Job.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]))
             ) or 0
 
+    def orphan_studies(self) -> Sequence[str]:
+        """Names of the studies made for a job (they carry its id) whose job row was never
+        stored: a server that stopped between the two steps of `create` leaves one. Some may be
+        a submission under way this instant: see `reap_orphan_studies`."""
+        query = text(
+            "SELECT s.study_name FROM studies s JOIN study_user_attributes a "
+            "ON a.study_id = s.study_id AND a.key = :key "
+            f"WHERE s.study_name NOT IN (SELECT study_name FROM {Job.__tablename__})"
+        )
+        with self._session() as session:
+            return sorted(session.execute(query, {"key": JOB_ID_ATTR}).scalars())
+
+    def reap_orphan_studies(self, *, grace_s: float = 60.0,
+                            sleep: Callable[[float], None] = time.sleep) -> Sequence[str]:
+        """Delete the orphan studies that are still orphans `grace_s` later (a submission
+        stores its job row milliseconds after its study), and name them."""
+        first: set[str] = set(self.orphan_studies())
+        if not first:
+            return []
+        sleep(grace_s)
+        return _delete_studies(self.db.url, sorted(first & set(self.orphan_studies())))
+
     def request_cancel(self, job_id: str, *, tenant: str | None = None) -> Job:
         """Cancel a queued job at once; ask the worker running a running job to stop it.
 
@@ -316,6 +351,15 @@ class JobSummaryRow:
     finished_at: datetime | None
     error: str | None
     n_trials: int
+
+
+def _delete_studies(url: str, names: Sequence[str]) -> list[str]:
+    deleted = []
+    for name in names:
+        with contextlib.suppress(KeyError):  # another process deleted it first
+            delete_study(url, name)
+            deleted.append(name)
+    return deleted
 
 
 def _same_submission(job: Job, spec: JobSpec) -> Job:
