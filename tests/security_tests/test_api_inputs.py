@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import secrets
 import stat
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 from servers import RunningServer, auth_headers, create_token, start_server, stop_server
+
+from edgetune.client import Client
+from edgetune.errors import InvalidSpecError
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +50,8 @@ def client(server: RunningServer, token: str) -> httpx.Client:
 
 
 def test_listings_are_bounded_and_carry_no_specs(server: RunningServer) -> None:
-    with client(server, create_token(server, scope="user", tenant="lister")) as http:
+    token = create_token(server, scope="user", tenant="lister")
+    with client(server, token) as http:
         # The largest spec the cap lets through, a few times: listings stay small anyway.
         padding = {f"opt{i}": "x" * 200 for i in range(60)}
         spec = ask_tell_job("big", trainer={"options": padding})
@@ -58,6 +64,18 @@ def test_listings_are_bounded_and_carry_no_specs(server: RunningServer) -> None:
         assert "spec" not in job and job["progress"]["n_trials"] == 5
         assert len(page.content) < 3 * 1000  # a listing is the summaries, not the specs
         assert http.get(f"/jobs/{job['id']}").json()["spec"]["trainer"]["options"] == padding
+
+        # The SDK and the CLI read the summaries.
+        with Client(server.url, token=token) as sdk:
+            listed = sdk.list(limit=100)
+            assert listed.count == 3 and listed.data[0].progress.n_trials == 5
+            assert sdk.get(listed.data[0].id).spec.name == "big"
+            with pytest.raises(InvalidSpecError, match="limit"):
+                sdk.list(limit=101)
+        cli = subprocess.run([sys.executable, "-m", "edgetune", "jobs", "--server", server.url],
+                             capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "EDGETUNE_TOKEN": token})
+        assert cli.returncode == 0 and "3 jobs" in cli.stdout and "big" in cli.stdout, cli
 
         too_many = http.get("/jobs", params={"limit": 500})
         assert too_many.status_code == 422

@@ -47,7 +47,10 @@ Limit = Annotated[int, Query(ge=1, le=500)]
 
 @router.post(
     "", status_code=status.HTTP_201_CREATED, response_model=JobPublic,
-    responses={422: {"model": ErrorPublic}},
+    responses={422: {"model": ErrorPublic},
+               409: {"model": ErrorPublic, "description": "The Idempotency-Key was used with "
+                     "another spec, or the tenant has `max_active_jobs_per_tenant` queued or "
+                     "running jobs."}},
 )
 def create_job(
     spec: JobSpec, jobs: JobsDep, db: DatabaseDep, settings: SettingsDep, caller: UserDep,
