@@ -1,5 +1,6 @@
-"""Who is calling: bearer tokens checked against `edgetune_tokens`, the scope a route needs, and a
-token bucket per token (429 with Retry-After)."""
+"""Who is calling: bearer tokens checked against `edgetune_tokens`, the scope a route needs, a
+token bucket per token (429 with Retry-After), and one per client address for its requests
+without a valid token, past which its unknown tokens are refused unchecked."""
 
 from __future__ import annotations
 
@@ -41,6 +42,11 @@ class TokenBucket:
         self.burst = burst
         self.level = float(burst)
         self.updated = time.monotonic()
+
+    def wait_s(self, now: float) -> float:
+        """How long until `take` would be allowed, taking nothing: 0 when it would be now."""
+        level = min(self.burst, self.level + (now - self.updated) * self.rate)
+        return 0.0 if level >= 1 else (1 - level) / self.rate
 
     def take(self, now: float) -> float:
         self.level = min(self.burst, self.level + (now - self.updated) * self.rate)
@@ -104,12 +110,9 @@ class Authenticator:
         tokens costs the server a dictionary lookup each."""
         with self._lock:
             bucket = self._failures.get(address)
-            if bucket is None:
-                return
-            now = time.monotonic()
-            level = min(bucket.burst, bucket.level + (now - bucket.updated) * bucket.rate)
-        if level < 1:
-            raise RateLimitedError((1 - level) / bucket.rate)
+            wait_s = 0.0 if bucket is None else bucket.wait_s(time.monotonic())
+        if wait_s > 0:
+            raise RateLimitedError(wait_s)
 
     async def live_token_ids(self, token_ids: Collection[str]) -> set[str]:
         """Of `token_ids`, those not revoked: one query, however many (for open streams)."""
