@@ -157,6 +157,11 @@ class Settings(PoolSettings):
         description="How long `GET /devices/{id}/predictor` waits for a fit before it answers "
                     "503 (the fit goes on, and a later request gets it).",
     )
+    predictor_graph_timeout_s: float = Field(
+        default=30.0, gt=0, le=3600,
+        description="How long reading one ONNX graph's features may take (in a child process "
+                    "of the API, killed past it); the graph is then left out of the fit.",
+    )
     orphan_study_grace_s: float = Field(
         default=60.0, ge=0, le=86_400,
         description="At start, the API deletes the studies made for a job whose row was never "

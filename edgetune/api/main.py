@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from edgetune import __version__
 from edgetune.api.auth import Authenticator, install_tokens
 from edgetune.api.errors import install_error_handlers
+from edgetune.api.graph_reader import GraphReader
 from edgetune.api.invalid_text import RefuseInvalidText
 from edgetune.api.routes import artifacts, ask_tell, devices, health, jobs, probes, tokens
 from edgetune.devices.predictor import PredictorCache
@@ -38,7 +39,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         install_tokens(app.state.db, settings)
         app.state.auth = Authenticator(app.state.db, settings)
         app.state.front = FrontView(app.state.db)
-        app.state.predictors = PredictorCache(max_graph_bytes=settings.predictor_max_graph_bytes)
+        graphs = GraphReader(max_bytes=settings.predictor_max_graph_bytes,
+                             timeout_s=settings.predictor_graph_timeout_s)
+        app.state.predictors = PredictorCache(max_graph_bytes=settings.predictor_max_graph_bytes,
+                                              reader=graphs)
         jobs_repo, front = JobRepository(app.state.db), app.state.front
         app.state.events = JobEventHub(
             lambda job_id: JobEventStream(job_id, jobs_repo, app.state.db, front),
@@ -57,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         stopping.set()
         await app.state.events.close()
+        graphs.close()
         app.state.db.dispose()
 
     app = FastAPI(

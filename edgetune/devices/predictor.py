@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -409,6 +409,9 @@ class PredictorCache:
     max_artifacts: int = 10_000
     #: Graphs over this many bytes are not read (`graph_features`' `max_bytes`).
     max_graph_bytes: int | None = None
+    #: How a graph's features are read: `graph_features` in this process unless given (the
+    #: API reads them in a child process).
+    reader: Callable[[Path], dict[str, float]] | None = None
     _fitted: dict[str, _Fitted] = field(default_factory=dict)
     _features: dict[str, dict[str, float]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -427,7 +430,8 @@ class PredictorCache:
             cached = self._features.get(sha256)
         if cached is not None:
             return dict(cached)
-        computed = graph_features(path, max_bytes=self.max_graph_bytes)
+        computed = (self.reader(path) if self.reader is not None
+                    else graph_features(path, max_bytes=self.max_graph_bytes))
         with self._lock:
             if len(self._features) >= self.max_artifacts:
                 self._features.clear()

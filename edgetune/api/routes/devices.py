@@ -150,8 +150,9 @@ async def get_predictor(
     `predictor_max_graph_bytes` each), with its cross-validated error: how far to trust
     `mode: predicted` on this device. 409 while it has fewer than `MIN_PROBES` usable probes.
     Refitted only when the device has a new done probe. Fits run one at a time, off the
-    request threads; one that takes over `predictor_timeout_s` answers 503 and goes on, so
-    that a later request finds it done."""
+    request threads, and read graphs in a child process (`predictor_graph_timeout_s` each);
+    a fit that takes over `predictor_timeout_s` answers 503 and goes on, so that a later
+    request finds it done."""
     device = await run_in_threadpool(
         functools.partial(DeviceRepository(db).get, device_id, tenant=caller.tenant))
     _, n_done = await run_in_threadpool(
