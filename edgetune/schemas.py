@@ -41,7 +41,9 @@ class JobProgress(BaseModel):
         )
 
 
-class JobPublic(BaseModel):
+class JobSummary(BaseModel):
+    """A job as listed: everything but its spec (`GET /jobs/{id}` has that)."""
+
     id: str
     name: str
     status: JobStatusName
@@ -50,12 +52,15 @@ class JobPublic(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     error: str | None = None
-    spec: JobSpec
     progress: JobProgress
 
 
+class JobPublic(JobSummary):
+    spec: JobSpec
+
+
 class JobsPublic(BaseModel):
-    data: list[JobPublic]
+    data: list[JobSummary] = Field(description="Without specs; read a job for its spec.")
     count: int = Field(description="How many jobs match, across all pages.")
 
 

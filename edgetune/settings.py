@@ -134,6 +134,66 @@ class Settings(PoolSettings):
                     "`ray[client]`); unset starts a local Ray in the worker.",
     )
 
+    # --- bounds on what one caller can make the API do (issue 15) ----------------------------
+    max_spec_bytes: int = Field(
+        default=256 * 1024, ge=1024, le=64 * 1024 * 1024,
+        description="The largest JobSpec `POST /api/v1/jobs` accepts, in bytes of the body "
+                    "(413 above).",
+    )
+    max_active_jobs_per_tenant: int = Field(
+        default=100, ge=1, le=1_000_000,
+        description="Queued and running jobs one tenant may have at once; a submission past "
+                    "it answers 409 until one ends.",
+    )
+    max_jobs_page: int = Field(
+        default=100, ge=1, le=1000,
+        description="The largest `limit` of `GET /api/v1/jobs` (422 above).",
+    )
+    events_max_streams_per_token: int = Field(
+        default=16, ge=1, le=100_000,
+        description="Event streams (`GET /jobs/{id}/events`) one token may hold open on one "
+                    "API process (429 above).",
+    )
+    events_max_streams: int = Field(
+        default=256, ge=1, le=100_000,
+        description="Event streams one API process holds open in all (429 above).",
+    )
+    events_min_interval_s: float = Field(
+        default=0.5, ge=0.05, le=60,
+        description="The shortest poll interval of an event stream: a smaller `interval_s` "
+                    "is raised to it.",
+    )
+    auth_failures_per_s: float = Field(
+        default=5.0, gt=0, le=1_000_000,
+        description="Requests without a valid token one client address may make per second "
+                    "(a token bucket) before its unknown tokens are refused with 429 unchecked.",
+    )
+    auth_failures_burst: int = Field(
+        default=200, ge=1, le=1_000_000,
+        description="Requests without a valid token one client address may make at once.",
+    )
+    predictor_max_graph_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024, le=4 * 1024**3,
+        description="ONNX graphs larger than this are left out of a device's latency "
+                    "predictor (reading one costs time and memory in the API).",
+    )
+    predictor_timeout_s: float = Field(
+        default=30.0, gt=0, le=3600,
+        description="How long `GET /devices/{id}/predictor` waits for a fit before it answers "
+                    "503 (the fit goes on, and a later request gets it).",
+    )
+    predictor_graph_timeout_s: float = Field(
+        default=30.0, gt=0, le=3600,
+        description="How long reading one ONNX graph's features may take (in a child process "
+                    "of the API, killed past it); the graph is then left out of the fit.",
+    )
+    orphan_study_grace_s: float = Field(
+        default=60.0, ge=0, le=86_400,
+        description="At start, the API deletes the studies made for a job whose row was never "
+                    "stored (a server stopped in between) once they are still orphans this "
+                    "much later.",
+    )
+
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:
         if not self.auth and not is_loopback(self.host):

@@ -43,7 +43,8 @@ class TrainerSpec(_Spec):
     dataset: str = Field(default="digits", pattern=NAME)
     epochs: int = Field(default=3, ge=1, le=10_000, description="Training epochs per trial.")
     batch_size: int = Field(default=64, ge=1, le=65_536)
-    seed: int | None = Field(default=None, ge=0, description="Defaults to the job's seed.")
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1,  # numpy and torch take < 2^32
+                             description="Defaults to the job's seed.")
     options: dict[Annotated[str, Field(pattern=NAME)], OptionValue] = Field(
         default_factory=dict, max_length=64, description="Trainer-specific options."
     )

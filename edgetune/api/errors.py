@@ -8,6 +8,8 @@ import math
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from optuna.exceptions import StorageInternalError
+from sqlalchemy.exc import DataError
 
 from edgetune.errors import (
     AuthenticationError,
@@ -69,11 +71,37 @@ def install_error_handlers(app: FastAPI) -> None:
     async def missing(_request: Request, exc: MissingDependencyError) -> JSONResponse:
         return JSONResponse(status_code=501, content={"detail": str(exc)})
 
+    @app.exception_handler(DataError)
+    async def invalid_data(_request: Request, exc: DataError) -> JSONResponse:
+        return _unstorable(exc)
+
+    @app.exception_handler(StorageInternalError)
+    async def optuna_storage(_request: Request, exc: StorageInternalError) -> JSONResponse:
+        # Optuna wraps every database error of its storage in this one.
+        if isinstance(exc.__cause__, DataError):
+            return _unstorable(exc.__cause__)
+        return _unavailable(f"optuna storage error: {exc.__cause__ or exc}")
+
     @app.exception_handler(StorageError)
     async def storage(_request: Request, exc: StorageError) -> JSONResponse:
-        logger.error("storage error: %s", exc)
-        return JSONResponse(
-            status_code=503,
-            content={"detail": "the database is unavailable; retry later"},
-            headers={"Retry-After": "5"},
-        )
+        # The database refusing a value (bad text, a number out of range) is the request's
+        # fault, not an outage: 422, which clients do not retry. 503 is for the rest.
+        if isinstance(exc.__cause__, DataError):
+            return _unstorable(exc.__cause__)
+        return _unavailable(f"storage error: {exc}")
+
+
+def _unavailable(cause: str) -> JSONResponse:
+    logger.error("%s", cause)
+    return JSONResponse(
+        status_code=503,
+        content={"detail": "the database is unavailable; retry later"},
+        headers={"Retry-After": "5"},
+    )
+
+
+def _unstorable(exc: DataError) -> JSONResponse:
+    logger.info("the database refused a value of a request: %s", exc.orig)
+    detail = [{"loc": ["request"], "msg": "a value of the request cannot be stored (invalid text "
+               "or a number out of range)", "type": "value_error"}]
+    return JSONResponse(status_code=422, content={"detail": detail})

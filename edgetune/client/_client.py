@@ -111,6 +111,8 @@ class Client:
         return JobPublic.model_validate(self._request("GET", f"/jobs/{job_id}"))
 
     def list(self, *, status: str | None = None, offset: int = 0, limit: int = 50) -> JobsPublic:
+        """A page of jobs, newest first, as summaries without their specs (`get` has a job's
+        spec); `limit` is at most the server's `max_jobs_page`, 100 by default."""
         params: dict[str, Any] = {"offset": offset, "limit": limit}
         if status:
             params["status"] = status

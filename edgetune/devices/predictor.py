@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,12 @@ _ADDITIVE_FEATURES = ("kernels", "conv_macs", "dwconv_macs", "matmul_macs", "act
                       "conv_traffic", "dwconv_traffic", "params")
 
 
-def graph_features(onnx_path: str | Path) -> dict[str, float]:
+#: The most operators a graph may have for its features to be read: shape inference and the
+#: walk over the nodes cost time in proportion (a graph of 31 MB took 25 s).
+MAX_GRAPH_NODES = 20_000
+
+
+def graph_features(onnx_path: str | Path, *, max_bytes: int | None = None) -> dict[str, float]:
     """What the ONNX model at `onnx_path` computes, as numbers a latency model can use.
 
     `op:<type>` counts each operator type; `conv_macs`, `dwconv_macs` (depthwise convolutions:
@@ -74,15 +79,27 @@ def graph_features(onnx_path: str | Path) -> dict[str, float]:
     `op_out:<type>` the output elements of every other operator type.
 
     Shapes come from ONNX shape inference, so the graph's input shape must be static (our
-    exports fix it). Raises `ValueError` for a file ONNX cannot read.
+    exports fix it). Raises `ValueError` for a file ONNX cannot read, one over `max_bytes`
+    (checked before reading it) and one of more than `MAX_GRAPH_NODES` operators (checked
+    before shape inference).
     """
     import onnx
 
+    name = Path(onnx_path).name
+    if max_bytes is not None and (size := Path(onnx_path).stat().st_size) > max_bytes:
+        raise ValueError(f"{name} has {size} bytes, over the {max_bytes} bytes whose features "
+                         "are read (EDGETUNE_PREDICTOR_MAX_GRAPH_BYTES)")
     try:
         model = onnx.load(str(onnx_path))
-        model = onnx.shape_inference.infer_shapes(model)
     except Exception as e:  # onnx raises its own kinds, or protobuf's DecodeError
-        raise ValueError(f"cannot read {Path(onnx_path).name} as ONNX: {e}") from e
+        raise ValueError(f"cannot read {name} as ONNX: {e}") from e
+    if len(model.graph.node) > MAX_GRAPH_NODES:
+        raise ValueError(f"{name} has {len(model.graph.node)} operators, over the "
+                         f"{MAX_GRAPH_NODES} whose features are read")
+    try:
+        model = onnx.shape_inference.infer_shapes(model)
+    except Exception as e:
+        raise ValueError(f"cannot infer the shapes of {name}: {e}") from e
     graph = model.graph
     shapes: dict[str, list[int]] = {}
     initializers = {init.name for init in graph.initializer}
@@ -390,6 +407,11 @@ class PredictorCache:
     artifact never changes). Safe to share between request threads."""
 
     max_artifacts: int = 10_000
+    #: Graphs over this many bytes are not read (`graph_features`' `max_bytes`).
+    max_graph_bytes: int | None = None
+    #: How a graph's features are read: `graph_features` in this process unless given (the
+    #: API reads them in a child process).
+    reader: Callable[[Path], dict[str, float]] | None = None
     _fitted: dict[str, _Fitted] = field(default_factory=dict)
     _features: dict[str, dict[str, float]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -408,7 +430,8 @@ class PredictorCache:
             cached = self._features.get(sha256)
         if cached is not None:
             return dict(cached)
-        computed = graph_features(path)
+        computed = (self.reader(path) if self.reader is not None
+                    else graph_features(path, max_bytes=self.max_graph_bytes))
         with self._lock:
             if len(self._features) >= self.max_artifacts:
                 self._features.clear()

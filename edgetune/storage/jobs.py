@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
 import uuid
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, case, func, or_, select, update
+from sqlalchemy import (
+    JSON,
+    Select,
+    case,
+    cast,
+    func,
+    or_,
+    select,
+    text,
+    type_coerce,
+    update,
+)
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -16,7 +30,7 @@ from edgetune.errors import ConflictError, NotFoundError, StorageError
 from edgetune.spec import JobSpec
 from edgetune.storage.db import Database
 from edgetune.storage.models import Base, Job, JobStatus, Runner
-from edgetune.storage.optuna_storage import create_job_study, delete_study
+from edgetune.storage.optuna_storage import JOB_ID_ATTR, create_job_study, delete_study
 
 DEFAULT_TENANT = "default"
 
@@ -66,14 +80,22 @@ class JobRepository(Repository):
     """Every read and write of `edgetune_jobs`. Driver errors surface as `StorageError`."""
 
     def create(self, spec: JobSpec, *, tenant: str = DEFAULT_TENANT,
-               idempotency_key: str | None = None) -> Job:
+               idempotency_key: str | None = None, max_active: int | None = None) -> Job:
         """Queue `spec` as a new job of `tenant`. With `idempotency_key`, a submission repeated
         with the same key (a client retrying after a lost answer) returns the job the first one
-        made, and a different spec under a used key is a conflict."""
+        made, and a different spec under a used key is a conflict. With `max_active`, a tenant
+        that has that many queued and running jobs gets a `ConflictError` (submissions racing
+        at the cap may each pass it: the cap bounds a flood, not an exact count)."""
         if idempotency_key is not None:
             earlier = self._by_idempotency_key(tenant, idempotency_key)
             if earlier is not None:
                 return _same_submission(earlier, spec)
+        if max_active is not None and (active := self.count_active(tenant)) >= max_active:
+            raise ConflictError(
+                f"tenant {tenant!r} has {active} queued or running jobs, the most "
+                f"EDGETUNE_MAX_ACTIVE_JOBS_PER_TENANT ({max_active}) allows: cancel one or wait "
+                "for one to end"
+            )
         job_id = str(uuid.uuid4())
         runner = (Runner.ASK_TELL if spec.mode == "ask-tell"
                   else Runner.RAY if spec.algorithm.backend == "ray" else Runner.OPTUNA)
@@ -132,6 +154,66 @@ class JobRepository(Repository):
         if status is not None:
             query = query.where(Job.status == status)
         return self._page(query.order_by(Job.created_at.desc(), Job.id), offset, limit)
+
+    def summaries(
+        self,
+        *,
+        tenant: str | None = None,
+        status: str | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[Sequence[JobSummaryRow], int]:
+        """As `list`, without the specs: a page of listings costs its rows' small columns, not
+        their JobSpecs (each up to the spec size cap), whatever the specs hold."""
+        # SQLite's JSON functions read text as it is (its CAST to JSON would make it a number);
+        # PostgreSQL needs the text column cast to JSON.
+        as_json = type_coerce if self.db.engine.dialect.name == "sqlite" else cast
+        n_trials = as_json(Job.spec, JSON)[("budget", "n_trials")].as_integer()
+        query = select(
+            Job.id, Job.name, Job.status, Job.study_name, Job.created_at, Job.started_at,
+            Job.finished_at, Job.error, n_trials,
+        )
+        if tenant is not None:
+            query = query.where(Job.tenant == tenant)
+        if status is not None:
+            query = query.where(Job.status == status)
+        query = query.order_by(Job.created_at.desc(), Job.id)
+        counted = query.order_by(None).subquery()
+        with self._session() as session:
+            count = session.scalar(select(func.count()).select_from(counted)) or 0
+            rows = session.execute(query.offset(offset).limit(limit)).all()
+        return [JobSummaryRow(*row) for row in rows], count
+
+    def count_active(self, tenant: str) -> int:
+        """The tenant's queued and running jobs."""
+        with self._session() as session:
+            return session.scalar(
+                select(func.count()).select_from(Job).where(
+                    Job.tenant == tenant,
+                    Job.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]))
+            ) or 0
+
+    def orphan_studies(self) -> Sequence[str]:
+        """Names of the studies made for a job (they carry its id) whose job row was never
+        stored: a server that stopped between the two steps of `create` leaves one. Some may be
+        a submission under way this instant: see `reap_orphan_studies`."""
+        query = text(
+            "SELECT s.study_name FROM studies s JOIN study_user_attributes a "
+            "ON a.study_id = s.study_id AND a.key = :key "
+            f"WHERE s.study_name NOT IN (SELECT study_name FROM {Job.__tablename__})"
+        )
+        with self._session() as session:
+            return sorted(session.execute(query, {"key": JOB_ID_ATTR}).scalars())
+
+    def reap_orphan_studies(self, *, grace_s: float = 60.0,
+                            sleep: Callable[[float], None] = time.sleep) -> Sequence[str]:
+        """Delete the orphan studies that are still orphans `grace_s` later (a submission
+        stores its job row milliseconds after its study), and name them."""
+        first: set[str] = set(self.orphan_studies())
+        if not first:
+            return []
+        sleep(grace_s)
+        return _delete_studies(self.db.url, sorted(first & set(self.orphan_studies())))
 
     def request_cancel(self, job_id: str, *, tenant: str | None = None) -> Job:
         """Cancel a queued job at once; ask the worker running a running job to stop it.
@@ -254,6 +336,30 @@ class JobRepository(Repository):
                 .values(status=JobStatus.QUEUED.value, lease_owner=None, lease_expires_at=None)
                 .execution_options(synchronize_session=False)
             )
+
+
+@dataclass(frozen=True)
+class JobSummaryRow:
+    """A job as listed: every column but the spec, and the spec's trial budget."""
+
+    id: str
+    name: str
+    status: str
+    study_name: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    n_trials: int
+
+
+def _delete_studies(url: str, names: Sequence[str]) -> list[str]:
+    deleted = []
+    for name in names:
+        with contextlib.suppress(KeyError):  # another process deleted it first
+            delete_study(url, name)
+            deleted.append(name)
+    return deleted
 
 
 def _same_submission(job: Job, spec: JobSpec) -> Job:

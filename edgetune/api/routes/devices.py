@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 
 from edgetune.devices.predictor import PredictorCache
 from edgetune.errors import ConflictError
@@ -26,7 +29,7 @@ from edgetune.search.device_latency import (
     fit_device_predictor,
 )
 from edgetune.settings import Settings
-from edgetune.storage import Device, DeviceRepository, ProbeRepository, is_online
+from edgetune.storage import Database, Device, DeviceRepository, ProbeRepository, is_online
 from edgetune.storage.artifacts import UploadRepository
 
 from ..deps import AgentDep, DatabaseDep, ReaderDep, SettingsDep, UserDep
@@ -138,29 +141,66 @@ async def lease_probe(
 @router.get(
     "/{device_id}/predictor", response_model=PredictorPublic,
     responses={**_ERRORS, 409: {"model": ErrorPublic,
-                                "description": "Too few measured probes to fit one."}},
+                                "description": "Too few measured probes to fit one."},
+               503: {"model": ErrorPublic, "description": "The fit takes longer than "
+                     "`predictor_timeout_s`; it goes on: retry after Retry-After."}},
 )
-def get_predictor(
+async def get_predictor(
     device_id: str, request: Request, db: DatabaseDep, settings: SettingsDep,
     caller: ReaderDep,
-) -> PredictorPublic:
+) -> Any:
     """The device's latency predictor, fitted on its done probes (the newest
-    `PREDICTOR_HISTORY` whose ONNX artifact is still stored), with its cross-validated error:
-    how far to trust `mode: predicted` on this device. 409 while it has fewer than
-    `MIN_PROBES` usable probes. Refitted only when the device has a new done probe."""
-    device = DeviceRepository(db).get(device_id, tenant=caller.tenant)
-    probes = ProbeRepository(db)
-    _, n_done = probes.list(device_id=device.id, status="done", limit=1)
+    `PREDICTOR_HISTORY` whose ONNX artifact is still stored, of at most
+    `predictor_max_graph_bytes` each), with its cross-validated error: how far to trust
+    `mode: predicted` on this device. 409 while it has fewer than `MIN_PROBES` usable probes.
+    Refitted only when the device has a new done probe. Fits run one at a time, off the
+    request threads, and read graphs in a child process (`predictor_graph_timeout_s` each);
+    a fit that takes over `predictor_timeout_s` answers 503 and goes on, so that a later
+    request finds it done."""
+    device = await run_in_threadpool(
+        functools.partial(DeviceRepository(db).get, device_id, tenant=caller.tenant))
+    _, n_done = await run_in_threadpool(
+        functools.partial(ProbeRepository(db).list, device_id=device.id, status="done", limit=1))
     cache: PredictorCache = request.app.state.predictors
     cached = cache.fitted(device.id, n_done)
     if cached is not None:
-        answer: PredictorPublic = cached
-        return answer
+        return cached
+    key = (id(cache), device.id, n_done)
+    fit = _FITS_IN_FLIGHT.get(key)
+    if fit is None:
+        fit = asyncio.get_running_loop().run_in_executor(
+            _fitter(), _fit_and_store, db, settings, cache, device, n_done)
+        _FITS_IN_FLIGHT[key] = fit
+        fit.add_done_callback(lambda _f: _FITS_IN_FLIGHT.pop(key, None))
     try:
-        fitted = fit_device_predictor(db, settings.artifact_dir, device,
-                                      features=cache.features)
+        return await asyncio.wait_for(asyncio.shield(fit), settings.predictor_timeout_s)
+    except TimeoutError:
+        retry_after = max(1, math.ceil(settings.predictor_timeout_s))
+        return JSONResponse(status_code=503, headers={"Retry-After": str(retry_after)}, content={
+            "detail": f"fitting the latency predictor of device {device.name!r} takes over "
+                      f"{settings.predictor_timeout_s:g} s (EDGETUNE_PREDICTOR_TIMEOUT_S); it "
+                      "goes on: retry later"})
     except LatencyUnavailable as e:
         raise ConflictError(str(e)) from e
+
+
+#: Fits in progress, by (app, device, done probes): a request for one already running waits on it.
+_FITS_IN_FLIGHT: dict[tuple[int, str, int], asyncio.Future[PredictorPublic]] = {}
+_FITTER: list[ThreadPoolExecutor] = []
+
+
+def _fitter() -> ThreadPoolExecutor:
+    """One thread for every fit of this process: fits queue behind each other rather than take
+    the request threads (a fit reads ONNX graphs, seconds of work)."""
+    if not _FITTER:
+        _FITTER.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="predictor-fit"))
+    return _FITTER[0]
+
+
+def _fit_and_store(
+    db: Database, settings: Settings, cache: PredictorCache, device: Device, n_done: int
+) -> PredictorPublic:
+    fitted = fit_device_predictor(db, settings.artifact_dir, device, features=cache.features)
     error = fitted.error
     answer = PredictorPublic(
         device_id=device.id, kind=fitted.predictor.kind, n_probes=fitted.n_probes,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import math
@@ -12,7 +11,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from optuna.trial import FrozenTrial, TrialState
 
 from edgetune.errors import InvalidSpecError, NotFoundError
@@ -22,12 +22,13 @@ from edgetune.schemas import (
     JobProgress,
     JobPublic,
     JobsPublic,
+    JobSummary,
     ParetoPublic,
     TrialPublic,
     TrialsPublic,
 )
 from edgetune.search import validate_job_spec
-from edgetune.search.events import KEEPALIVE_S, JobEventStream
+from edgetune.search.events import JobEventHub, StreamLimitReached
 from edgetune.search.front import trial_metrics
 from edgetune.spec import LOCAL_DEVICE, JobSpec
 from edgetune.storage import Database, DeviceRepository, Job, optuna_storage
@@ -46,10 +47,13 @@ Limit = Annotated[int, Query(ge=1, le=500)]
 
 @router.post(
     "", status_code=status.HTTP_201_CREATED, response_model=JobPublic,
-    responses={422: {"model": ErrorPublic}},
+    responses={422: {"model": ErrorPublic},
+               409: {"model": ErrorPublic, "description": "The Idempotency-Key was used with "
+                     "another spec, or the tenant has `max_active_jobs_per_tenant` queued or "
+                     "running jobs."}},
 )
 def create_job(
-    spec: JobSpec, jobs: JobsDep, db: DatabaseDep, caller: UserDep,
+    spec: JobSpec, jobs: JobsDep, db: DatabaseDep, settings: SettingsDep, caller: UserDep,
     idempotency_key: Annotated[str | None, Header(
         min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$",
         description="Repeating a submission with the same key returns the job the first one "
@@ -57,24 +61,42 @@ def create_job(
 ) -> JobPublic:
     """Validate a JobSpec and queue it; a worker picks it up."""
     validate_job_spec(spec, devices=known_devices(db, spec, caller.tenant))
-    job = jobs.create(spec, tenant=caller.tenant, idempotency_key=idempotency_key)
+    job = jobs.create(spec, tenant=caller.tenant, idempotency_key=idempotency_key,
+                      max_active=settings.max_active_jobs_per_tenant)
     return _public([job], db)[0]
 
 
-@router.get("", response_model=JobsPublic)
+@router.get("", response_model=JobsPublic, responses={422: {"model": ErrorPublic}})
 def list_jobs(
     jobs: JobsDep,
     db: DatabaseDep,
+    settings: SettingsDep,
     caller: UserDep,
     status: Annotated[
         str | None, Query(pattern="^(queued|running|succeeded|failed|cancelled)$")
     ] = None,
     offset: Offset = 0,
-    limit: Limit = 50,
+    limit: Annotated[int, Query(ge=1, description="At most `max_jobs_page` (100 by "
+                                "default).")] = 50,
 ) -> JobsPublic:
-    """Jobs, newest first."""
-    rows, count = jobs.list(tenant=caller.tenant, status=status, offset=offset, limit=limit)
-    return JobsPublic(data=_public(rows, db), count=count)
+    """Jobs, newest first, without their specs (`GET /jobs/{id}` has a job's spec)."""
+    if limit > settings.max_jobs_page:
+        raise RequestValidationError([{
+            "loc": ("query", "limit"), "type": "less_than_equal",
+            "msg": f"Input should be less than or equal to {settings.max_jobs_page} "
+                   "(EDGETUNE_MAX_JOBS_PAGE)",
+        }])
+    rows, count = jobs.summaries(tenant=caller.tenant, status=status, offset=offset,
+                                 limit=limit)
+    states = trial_state_counts(db, [j.study_name for j in rows])
+    return JobsPublic(count=count, data=[
+        JobSummary(
+            id=j.id, name=j.name, status=j.status,  # type: ignore[arg-type]
+            study_name=j.study_name, created_at=j.created_at, started_at=j.started_at,
+            finished_at=j.finished_at, error=j.error,
+            progress=JobProgress.from_counts(j.n_trials, states.get(j.study_name, {})),
+        ) for j in rows
+    ])
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=_ERRORS)
@@ -204,33 +226,34 @@ def get_artifact(
 @router.get(
     "/{job_id}/events",
     response_class=StreamingResponse,
-    responses={**_ERRORS, 200: {"content": {"text/event-stream": {}}}},
+    responses={**_ERRORS, 200: {"content": {"text/event-stream": {}}},
+               429: {"model": ErrorPublic, "description": "Too many event streams open: "
+                     "this token's, or the server's; see Retry-After."}},
 )
 async def job_events(
-    job_id: str, request: Request, jobs: JobsDep, db: DatabaseDep, front: FrontDep,
-    caller: UserDep, interval_s: Annotated[float, Query(ge=0.1, le=30)] = 0.5,
-) -> StreamingResponse:
+    job_id: str, request: Request, jobs: JobsDep, caller: UserDep,
+    interval_s: Annotated[float, Query(
+        ge=0.1, le=30, description="How often to look for news; raised to the server's "
+        "`events_min_interval_s` (0.5 s by default).")] = 0.5,
+) -> Response:
     """Server-sent events: `progress`, `trial` (one per finished trial), `front` (when it
-    changes) and `end` (the job's final status), after which the stream closes."""
+    changes) and `end` (the job's final status), after which the stream closes. Every stream
+    of a job is served from one shared poll of the database; a token may hold
+    `events_max_streams_per_token` streams open, the server `events_max_streams`."""
     job = await run_in_threadpool(functools.partial(jobs.get, job_id, tenant=caller.tenant))
-    stream = JobEventStream(job.id, jobs, db, front)
+    hub: JobEventHub = request.app.state.events
+    try:
+        subscription = hub.subscribe(job.id, caller.token_id, interval_s)
+    except StreamLimitReached as e:
+        return JSONResponse(status_code=429, content={"detail": str(e)},
+                            headers={"Retry-After": str(max(1, math.ceil(e.retry_after_s)))})
 
     async def generate() -> AsyncIterator[str]:
-        idle = 0.0
-        while True:
-            events, finished = await run_in_threadpool(stream.poll)
-            for event in events:
-                yield event
-            if finished:
-                return
-            if events:
-                idle = 0.0
-            elif (idle := idle + interval_s) >= KEEPALIVE_S:
-                idle = 0.0
-                yield ": keep-alive\n\n"
-            if await request.is_disconnected():
-                return
-            await asyncio.sleep(interval_s)
+        try:
+            async for message in subscription.messages():
+                yield message
+        finally:
+            hub.unsubscribe(subscription)
 
     return StreamingResponse(
         generate(), media_type="text/event-stream",
