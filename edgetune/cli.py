@@ -274,23 +274,41 @@ def db_upgrade(
     wait_s: Annotated[float, typer.Option(
         min=0, help="Wait this long for the database to answer (a starting container).")] = 0,
 ) -> None:
-    """Bring the database to the newest schema (Alembic `upgrade head`, Optuna's tables too)."""
-    from edgetune.errors import StorageError
-    from edgetune.storage import open_database
+    """Bring the database to the newest schema (Alembic `upgrade head`, Optuna's tables too).
+    Processes upgrading one database at once take turns (a migration lock)."""
+    import sqlalchemy
+
+    from edgetune.storage import make_engine, open_database
     from edgetune.storage.migrations import current_revision
 
     settings = _settings(data_dir=data_dir, database_url=database_url)
     deadline = time.monotonic() + wait_s
+    # First whether the database answers at all (a starting container: worth waiting for),
+    # then the upgrade, whose errors are refusals: waiting would not help them, and "did not
+    # answer" would be a lie (as it was for two upgrades racing on a fresh database).
     while True:
         try:
-            db = open_database(settings.url)
-            break
-        except (StorageError, OSError) as e:
+            engine = make_engine(settings.url)
+        except (EdgetuneError, OSError) as e:
             _fail(str(e))
-        except Exception as e:  # the driver's "connection refused" while the database starts
+        try:
+            with engine.connect():
+                break
+        except sqlalchemy.exc.OperationalError as e:
             if time.monotonic() >= deadline:
-                _fail(f"the database did not answer within {wait_s:g} s: {e}")
+                within = f" within {wait_s:g} s" if wait_s else ""
+                _fail(f"the database did not answer{within} (--wait-s waits for it): "
+                      f"{e.orig or e}")
             time.sleep(1.0)
+        finally:
+            engine.dispose()
+    try:
+        db = open_database(settings.url)
+    except (EdgetuneError, OSError) as e:
+        _fail(str(e))
+    except sqlalchemy.exc.SQLAlchemyError as e:
+        cause = getattr(e, "orig", None) or e  # the driver's own error, where there is one
+        _fail(f"the database refused the upgrade: {type(cause).__name__}: {cause}")
     try:
         console.print(f"database at revision {current_revision(db.engine)}")
     finally:
