@@ -77,6 +77,12 @@ def _logging(level: str) -> None:
 
 
 # --- running the service -------------------------------------------------------------------
+MaxTrialsOpt = Annotated[int | None, typer.Option(
+    min=1, max=1024,
+    help="The most trial processes a worker runs at once, over all its jobs "
+         "(EDGETUNE_WORKER_MAX_TRIALS; default: the CPUs, at least 2).")]
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(
@@ -86,6 +92,7 @@ def serve(
     workers: Annotated[int, typer.Option(help="Local worker processes to start.")] = 1,
     api_workers: Annotated[int, typer.Option(
         min=1, max=64, help="API server processes (uvicorn workers) on the one port.")] = 1,
+    worker_max_trials: MaxTrialsOpt = None,
     data_dir: DataDirOpt = None,
     database_url: DbOpt = None,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "info",
@@ -97,11 +104,12 @@ def serve(
     from edgetune.storage import open_database
 
     settings = _settings(host=host, port=port, workers=workers, data_dir=data_dir,
-                         database_url=database_url)
+                         database_url=database_url, worker_max_trials=worker_max_trials)
     _logging(log_level)
     open_database(settings.url).dispose()  # migrate once, before workers and the API race to
     env = {**os.environ, "EDGETUNE_DATA_DIR": str(settings.resolved_data_dir),
-           "EDGETUNE_DATABASE_URL": settings.url}
+           "EDGETUNE_DATABASE_URL": settings.url,
+           "EDGETUNE_WORKER_MAX_TRIALS": str(settings.worker_max_trials)}
     pool = WorkerPool(settings.workers, env=env, log_level=log_level)
     pool.start()
     try:
@@ -168,13 +176,15 @@ def worker(
     data_dir: DataDirOpt = None,
     database_url: DbOpt = None,
     once: Annotated[bool, typer.Option(help="Exit when no job is queued.")] = False,
+    max_trials: MaxTrialsOpt = None,
     parent_pid: Annotated[int | None, typer.Option(hidden=True)] = None,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "info",
 ) -> None:
-    """Run one worker: claim queued jobs and run their trials."""
+    """Run one worker: claim queued jobs and run their trials, several jobs at once."""
     from edgetune.search.worker import Worker
 
-    settings = _settings(data_dir=data_dir, database_url=database_url)
+    settings = _settings(data_dir=data_dir, database_url=database_url,
+                         worker_max_trials=max_trials)
     _logging(log_level)
     w = Worker(settings, parent_pid=parent_pid)
     w.install_signal_handlers()

@@ -8,9 +8,19 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, case, func, or_, select, update
+from sqlalchemy import (
+    Select,
+    case,
+    column,
+    func,
+    literal_column,
+    or_,
+    select,
+    table,
+    update,
+)
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from edgetune.errors import ConflictError, NotFoundError, StorageError
 from edgetune.spec import JobSpec
@@ -170,7 +180,7 @@ class JobRepository(Repository):
     def claim(
         self, owner: str, *, lease_s: float, skip: Collection[str] = ()
     ) -> Job | None:
-        """The oldest job `owner` can work on, except those in `skip`: a queued one, which it
+        """The job `owner` should work on next, except those in `skip`: a queued one, which it
         starts; a running job of the optuna backend, which it joins (workers share those
         through the study); a running ray job whose lease expired, which it takes over.
 
@@ -188,8 +198,26 @@ class JobRepository(Repository):
         query = select(Job).where(or_(exclusive, joinable), Job.runner != Runner.ASK_TELL.value)
         if skip:
             query = query.where(Job.id.not_in(list(skip)))
+        # Tenants with the fewest trials running first, then queued jobs before running ones
+        # (which have trials already), then the oldest: a small job of a quiet tenant starts
+        # while a big one runs, rather than after it.
+        trials = table("trials", column("study_id"), column("state"))
+        studies = table("studies", column("study_id"), column("study_name"))
+        other = aliased(Job)
+        tenant_running = (
+            select(func.count())
+            .select_from(trials.join(studies, studies.c.study_id == trials.c.study_id)
+                         .join(other, other.study_name == studies.c.study_name))
+            # A literal, not a bound string: on PostgreSQL the column is Optuna's enum type.
+            .where(trials.c.state == literal_column("'RUNNING'"), other.tenant == Job.tenant,
+                   other.status == JobStatus.RUNNING.value)
+            .scalar_subquery()
+        )
+        started = case((Job.status == JobStatus.QUEUED.value, 0), else_=1)
         with self._session() as session:
-            candidates = session.scalars(query.order_by(Job.created_at).limit(5)).all()
+            candidates = session.scalars(
+                query.order_by(tenant_running, started, Job.created_at).limit(5)
+            ).all()
             for job in candidates:
                 if job.status == JobStatus.RUNNING.value and job.runner == Runner.OPTUNA.value:
                     return job
