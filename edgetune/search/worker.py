@@ -165,8 +165,11 @@ class Worker:
         with self._idle_lock:
             self.idle = {job_id: until for job_id, until in self.idle.items() if until > now}
             skip = {*self.idle, *self.job_threads}
+        # The spare slots are for jobs that wait for a worker, not for joining running ones.
+        join = self.trial_slots.free > self.trial_slots.spare
         try:
-            return self.jobs.claim(self.name, lease_s=self.settings.job_lease_s, skip=skip)
+            return self.jobs.claim(self.name, lease_s=self.settings.job_lease_s, skip=skip,
+                                   join=join)
         except StorageError as e:
             logger.warning("worker %s: could not claim a job: %s", self.name, e)
             return None

@@ -178,11 +178,13 @@ class JobRepository(Repository):
 
     # --- the worker's side ---------------------------------------------------------------
     def claim(
-        self, owner: str, *, lease_s: float, skip: Collection[str] = ()
+        self, owner: str, *, lease_s: float, skip: Collection[str] = (), join: bool = True
     ) -> Job | None:
         """The job `owner` should work on next, except those in `skip`: a queued one, which it
         starts; a running job of the optuna backend, which it joins (workers share those
-        through the study); a running ray job whose lease expired, which it takes over.
+        through the study) unless `join` is False; a running ray job whose lease expired,
+        which it takes over. Tenants with the fewest trials running come first, then queued
+        jobs, then the oldest.
 
         Starting and taking over are compare-and-set UPDATEs, so of two workers racing for one
         job only one wins, on SQLite or PostgreSQL alike.
@@ -195,7 +197,8 @@ class JobRepository(Repository):
         )
         joinable = ((Job.status == JobStatus.RUNNING.value)
                     & (Job.runner == Runner.OPTUNA.value) & (Job.cancel_requested == 0))
-        query = select(Job).where(or_(exclusive, joinable), Job.runner != Runner.ASK_TELL.value)
+        query = select(Job).where(or_(exclusive, joinable) if join else exclusive,
+                                  Job.runner != Runner.ASK_TELL.value)
         if skip:
             query = query.where(Job.id.not_in(list(skip)))
         # Tenants with the fewest trials running first, then queued jobs before running ones

@@ -140,5 +140,8 @@ def test_a_claim_prefers_the_tenant_with_the_fewest_running_trials(database_url:
         assert jobs.claim("w2", lease_s=60).id == small.id  # type: ignore[union-attr]
         # Then `a`'s queued job before joining `a`'s running one.
         assert jobs.claim("w2", lease_s=60, skip={small.id}).id == second_of_a.id  # type: ignore[union-attr]
+        # Spare slots only start waiting jobs: none is left, and a's running one is not joined.
+        assert jobs.claim("w3", lease_s=60, skip={small.id, second_of_a.id}, join=False) is None
+        assert jobs.claim("w3", lease_s=60, skip={small.id, second_of_a.id}).id == big.id  # type: ignore[union-attr]
     finally:
         db.dispose()
