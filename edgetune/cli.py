@@ -77,6 +77,12 @@ def _logging(level: str) -> None:
 
 
 # --- running the service -------------------------------------------------------------------
+MaxTrialsOpt = Annotated[int | None, typer.Option(
+    min=1, max=1024,
+    help="The most trial processes a worker runs at once, over all its jobs "
+         "(EDGETUNE_WORKER_MAX_TRIALS; default: the CPUs, at least 2).")]
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(
@@ -86,6 +92,7 @@ def serve(
     workers: Annotated[int, typer.Option(help="Local worker processes to start.")] = 1,
     api_workers: Annotated[int, typer.Option(
         min=1, max=64, help="API server processes (uvicorn workers) on the one port.")] = 1,
+    worker_max_trials: MaxTrialsOpt = None,
     data_dir: DataDirOpt = None,
     database_url: DbOpt = None,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "info",
@@ -97,11 +104,12 @@ def serve(
     from edgetune.storage import open_database
 
     settings = _settings(host=host, port=port, workers=workers, data_dir=data_dir,
-                         database_url=database_url)
+                         database_url=database_url, worker_max_trials=worker_max_trials)
     _logging(log_level)
     open_database(settings.url).dispose()  # migrate once, before workers and the API race to
     env = {**os.environ, "EDGETUNE_DATA_DIR": str(settings.resolved_data_dir),
-           "EDGETUNE_DATABASE_URL": settings.url}
+           "EDGETUNE_DATABASE_URL": settings.url,
+           "EDGETUNE_WORKER_MAX_TRIALS": str(settings.worker_max_trials)}
     pool = WorkerPool(settings.workers, env=env, log_level=log_level)
     pool.start()
     try:
@@ -168,13 +176,15 @@ def worker(
     data_dir: DataDirOpt = None,
     database_url: DbOpt = None,
     once: Annotated[bool, typer.Option(help="Exit when no job is queued.")] = False,
+    max_trials: MaxTrialsOpt = None,
     parent_pid: Annotated[int | None, typer.Option(hidden=True)] = None,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "info",
 ) -> None:
-    """Run one worker: claim queued jobs and run their trials."""
+    """Run one worker: claim queued jobs and run their trials, several jobs at once."""
     from edgetune.search.worker import Worker
 
-    settings = _settings(data_dir=data_dir, database_url=database_url)
+    settings = _settings(data_dir=data_dir, database_url=database_url,
+                         worker_max_trials=max_trials)
     _logging(log_level)
     w = Worker(settings, parent_pid=parent_pid)
     w.install_signal_handlers()
@@ -286,23 +296,41 @@ def db_upgrade(
     wait_s: Annotated[float, typer.Option(
         min=0, help="Wait this long for the database to answer (a starting container).")] = 0,
 ) -> None:
-    """Bring the database to the newest schema (Alembic `upgrade head`, Optuna's tables too)."""
-    from edgetune.errors import StorageError
-    from edgetune.storage import open_database
+    """Bring the database to the newest schema (Alembic `upgrade head`, Optuna's tables too).
+    Processes upgrading one database at once take turns (a migration lock)."""
+    import sqlalchemy
+
+    from edgetune.storage import make_engine, open_database
     from edgetune.storage.migrations import current_revision
 
     settings = _settings(data_dir=data_dir, database_url=database_url)
     deadline = time.monotonic() + wait_s
+    # First whether the database answers at all (a starting container: worth waiting for),
+    # then the upgrade, whose errors are refusals: waiting would not help them, and "did not
+    # answer" would be a lie (as it was for two upgrades racing on a fresh database).
     while True:
         try:
-            db = open_database(settings.url)
-            break
-        except (StorageError, OSError) as e:
+            engine = make_engine(settings.url)
+        except (EdgetuneError, OSError) as e:
             _fail(str(e))
-        except Exception as e:  # the driver's "connection refused" while the database starts
+        try:
+            with engine.connect():
+                break
+        except sqlalchemy.exc.OperationalError as e:
             if time.monotonic() >= deadline:
-                _fail(f"the database did not answer within {wait_s:g} s: {e}")
+                within = f" within {wait_s:g} s" if wait_s else ""
+                _fail(f"the database did not answer{within} (--wait-s waits for it): "
+                      f"{e.orig or e}")
             time.sleep(1.0)
+        finally:
+            engine.dispose()
+    try:
+        db = open_database(settings.url)
+    except (EdgetuneError, OSError) as e:
+        _fail(str(e))
+    except sqlalchemy.exc.SQLAlchemyError as e:
+        cause = getattr(e, "orig", None) or e  # the driver's own error, where there is one
+        _fail(f"the database refused the upgrade: {type(cause).__name__}: {cause}")
     try:
         console.print(f"database at revision {current_revision(db.engine)}")
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -102,6 +103,23 @@ class Settings(PoolSettings):
         default=None, ge=1, le=1024,
         description="The most trials one worker runs at once (its share of its machine); "
                     "unset: as many as a job's parallelism. Workers share a job's parallelism.",
+    )
+    # --- sharing workers between jobs and tenants (see edgetune/search/capacity.py) -----
+    worker_max_trials: int = Field(
+        default_factory=lambda: max(2, os.cpu_count() or 1), ge=1, le=1024,
+        description="The most trial processes one worker runs at once, over all the jobs it "
+                    "runs together (default: the machine's CPUs, at least 2).",
+    )
+    worker_spare_trials: int = Field(
+        default=1, ge=0, le=1024,
+        description="Of those, slots a worker keeps for jobs that run no trial yet, so that a "
+                    "newly submitted job starts at once beside a big one (at most "
+                    "worker_max_trials - 1 are kept).",
+    )
+    tenant_max_trials: int | None = Field(
+        default=64, ge=1, le=100_000,
+        description="The most trials of one tenant running at once, over every worker of the "
+                    "database; unset: no limit but the workers'.",
     )
     probe_timeout_s: float = Field(
         default=600.0, gt=0, le=86_400,

@@ -159,7 +159,7 @@ class BudgetSpec(_Spec):
 
     n_trials: int = Field(default=20, ge=1, le=100_000)
     timeout_s: float | None = Field(default=None, gt=0, le=30 * 24 * 3600)
-    parallelism: int = Field(default=1, ge=1, le=256)
+    parallelism: int = Field(default=1, ge=1, le=64)
 
 
 class TrialResources(_Spec):

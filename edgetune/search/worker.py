@@ -1,5 +1,6 @@
 """A worker: takes jobs from the database (starting queued ones, joining shared running ones)
-and runs their trials."""
+and runs their trials, several jobs at once, each in a thread of its own, all drawing their
+trial processes from the worker's slots (`TrialSlots`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from types import FrameType
 from edgetune.devices import MeasureConfig
 from edgetune.errors import StorageError
 from edgetune.search.backends import Backend, JobOutcome, OptunaBackend
+from edgetune.search.capacity import TrialSlots, tenant_running_trials
 from edgetune.settings import Settings
 from edgetune.spec import JobSpec
 from edgetune.storage import Job, JobRepository, JobStatus, open_database
@@ -55,7 +57,8 @@ class _Control:
 
 
 class Worker:
-    """Claims one job at a time and runs it to its end, until asked to stop."""
+    """Claims jobs while it has free trial slots and runs each in a thread of its own, until
+    asked to stop: a small job claimed while a big one runs starts at once beside it."""
 
     def __init__(self, settings: Settings, *, parent_pid: int | None = None) -> None:
         self.settings = settings
@@ -73,6 +76,19 @@ class Worker:
             timeout_s=settings.latency_timeout_s,
             memory_bytes=settings.latency_memory_bytes,
         )
+        self.trial_slots = TrialSlots(
+            max_trials=settings.worker_max_trials,
+            spare=settings.worker_spare_trials,
+            tenant_max_trials=settings.tenant_max_trials,
+            count_tenant_trials=lambda tenant: tenant_running_trials(self.db.engine, tenant),
+        )
+        #: The jobs running now, by id, each in its thread.
+        self.job_threads: dict[str, threading.Thread] = {}
+        #: Shared jobs this worker just found nothing to run in (their parallelism is taken by
+        #: other workers, or their tenant's trials by other jobs): passed over until the time
+        #: noted, so that it looks at other jobs.
+        self.idle: dict[str, float] = {}
+        self._idle_lock = threading.Lock()
         self.backend = OptunaBackend(
             storage_url=self.db.url,
             artifact_dir=str(settings.artifact_dir),
@@ -81,25 +97,28 @@ class Worker:
             heartbeat_interval_s=min(settings.job_lease_s / 4, MAX_HEARTBEAT_S),
             max_running=settings.worker_trials,
             probe_timeout_s=settings.probe_timeout_s,
+            trial_slots=self.trial_slots,
         )
         self._ray: Backend | None = None
+        self._ray_lock = threading.Lock()
 
     def backend_for(self, spec: JobSpec) -> Backend:
         """The backend a job names; Ray is imported (and started) with its first job."""
         if spec.algorithm.backend == "optuna":
             return self.backend
-        if self._ray is None:
-            from edgetune.search.backends.ray import RayBackend
+        with self._ray_lock:  # two job threads must not start two Rays
+            if self._ray is None:
+                from edgetune.search.backends.ray import RayBackend
 
-            self._ray = RayBackend(
-                storage_url=self.db.url,
-                artifact_dir=str(self.settings.artifact_dir),
-                latency=self.latency,
-                ray_address=self.settings.ray_address,
-                heartbeat_interval_s=self.settings.job_lease_s / 4,
-                probe_timeout_s=self.settings.probe_timeout_s,
-            )
-        return self._ray
+                self._ray = RayBackend(
+                    storage_url=self.db.url,
+                    artifact_dir=str(self.settings.artifact_dir),
+                    latency=self.latency,
+                    ray_address=self.settings.ray_address,
+                    heartbeat_interval_s=self.settings.job_lease_s / 4,
+                    probe_timeout_s=self.settings.probe_timeout_s,
+                )
+            return self._ray
 
     def parent_gone(self) -> bool:
         # `serve` starts workers as children; when it dies, they must not run on unsupervised.
@@ -114,27 +133,68 @@ class Worker:
         signal.signal(signal.SIGINT, stop)
 
     def run(self, *, once: bool = False) -> None:
-        """Claim and run jobs until stopped (or, with `once`, until the queue is empty)."""
-        logger.info("worker %s: watching %s", self.name, self.db.engine.url)
-        # Shared jobs this worker just found nothing to run in (their parallelism is taken by
-        # other workers): passed over until the time noted, so that it looks at other jobs.
-        idle: dict[str, float] = {}
-        while not (self.stopping.is_set() or self.parent_gone()):
-            now = time.monotonic()
-            idle = {job_id: until for job_id, until in idle.items() if until > now}
-            try:
-                job = self.jobs.claim(self.name, lease_s=self.settings.job_lease_s, skip=idle)
-            except StorageError as e:
-                logger.warning("worker %s: could not claim a job: %s", self.name, e)
-                job = None
-            if job is None:
-                if once:
+        """Claim and run jobs until stopped (or, with `once`, until the queue is empty and
+        every job it took has ended). Signals reach the main thread only: it runs this loop,
+        the jobs run in threads of their own and learn of a stop through `stopping`."""
+        logger.info("worker %s: watching %s (at most %d trials at once)", self.name,
+                    self.db.engine.url, self.trial_slots.max_trials)
+        try:
+            while not (self.stopping.is_set() or self.parent_gone()):
+                self._reap()
+                job = self._claim() if self._has_room() else None
+                if job is not None:
+                    self._start(job)
+                    continue  # free slots left: look for another job at once
+                if once and not self.job_threads:
                     return
                 self.stopping.wait(self.settings.poll_interval_s)
-                continue
-            if self.run_job(job).status is None:
-                idle[job.id] = time.monotonic() + self.settings.poll_interval_s
-        self.db.dispose()
+        finally:
+            # A stop (or a lost parent) reaches each job through `_Control.should_stop`: it
+            # stops its trials and hands its job back.
+            self.stopping.set()
+            for thread in list(self.job_threads.values()):
+                thread.join(timeout=60)
+            self._reap()
+            self.db.dispose()
+
+    def _has_room(self) -> bool:
+        # One job per slot at most: a job needs a slot to run anything.
+        return (self.trial_slots.free > 0
+                and len(self.job_threads) < self.trial_slots.max_trials)
+
+    def _claim(self) -> Job | None:
+        now = time.monotonic()
+        with self._idle_lock:
+            self.idle = {job_id: until for job_id, until in self.idle.items() if until > now}
+            skip = {*self.idle, *self.job_threads}
+        # The spare slots are for jobs that wait for a worker, not for joining running ones.
+        join = self.trial_slots.free > self.trial_slots.spare
+        try:
+            return self.jobs.claim(self.name, lease_s=self.settings.job_lease_s, skip=skip,
+                                   join=join)
+        except StorageError as e:
+            logger.warning("worker %s: could not claim a job: %s", self.name, e)
+            return None
+
+    def _start(self, job: Job) -> None:
+        thread = threading.Thread(target=self._run_in_thread, args=(job,),
+                                  name=f"job-{job.id[:8]}", daemon=True)
+        self.job_threads[job.id] = thread
+        thread.start()
+
+    def _run_in_thread(self, job: Job) -> None:
+        try:
+            outcome = self.run_job(job)
+        finally:
+            self.trial_slots.leave(job.id)
+        if outcome.status is None:
+            with self._idle_lock:
+                self.idle[job.id] = time.monotonic() + self.settings.poll_interval_s
+
+    def _reap(self) -> None:
+        for job_id, thread in list(self.job_threads.items()):
+            if not thread.is_alive():
+                del self.job_threads[job_id]
 
     def run_job(self, job: Job) -> JobOutcome:
         logger.info("worker %s: running job %s (%s)", self.name, job.id, job.name)

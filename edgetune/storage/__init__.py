@@ -5,6 +5,7 @@ from __future__ import annotations
 from edgetune.storage.db import Database, make_engine
 from edgetune.storage.devices import DeviceRepository, is_online
 from edgetune.storage.jobs import DEFAULT_TENANT, JobRepository, utcnow
+from edgetune.storage.locks import migration_lock
 from edgetune.storage.models import (
     Device,
     Job,
@@ -59,7 +60,9 @@ def open_database(url: str, *, migrate: bool = True) -> Database:
 
     db = Database(url)
     if migrate:
-        migrations.upgrade(db.engine)
-        upgrade_optuna_tables(db.url)
-        optuna_storage(db.url)
+        # One process at a time: on a fresh database, two would create the same tables.
+        with migration_lock(db.engine):
+            migrations.upgrade(db.engine)
+            upgrade_optuna_tables(db.url)
+            optuna_storage(db.url)
     return db

@@ -16,15 +16,18 @@ from sqlalchemy import (
     Select,
     case,
     cast,
+    column,
     func,
+    literal_column,
     or_,
     select,
+    table,
     text,
     type_coerce,
     update,
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from edgetune.errors import ConflictError, NotFoundError, StorageError
 from edgetune.spec import JobSpec
@@ -250,11 +253,13 @@ class JobRepository(Repository):
 
     # --- the worker's side ---------------------------------------------------------------
     def claim(
-        self, owner: str, *, lease_s: float, skip: Collection[str] = ()
+        self, owner: str, *, lease_s: float, skip: Collection[str] = (), join: bool = True
     ) -> Job | None:
-        """The oldest job `owner` can work on, except those in `skip`: a queued one, which it
+        """The job `owner` should work on next, except those in `skip`: a queued one, which it
         starts; a running job of the optuna backend, which it joins (workers share those
-        through the study); a running ray job whose lease expired, which it takes over.
+        through the study) unless `join` is False; a running ray job whose lease expired,
+        which it takes over. Tenants with the fewest trials running come first, then queued
+        jobs, then the oldest.
 
         Starting and taking over are compare-and-set UPDATEs, so of two workers racing for one
         job only one wins, on SQLite or PostgreSQL alike.
@@ -267,11 +272,30 @@ class JobRepository(Repository):
         )
         joinable = ((Job.status == JobStatus.RUNNING.value)
                     & (Job.runner == Runner.OPTUNA.value) & (Job.cancel_requested == 0))
-        query = select(Job).where(or_(exclusive, joinable), Job.runner != Runner.ASK_TELL.value)
+        query = select(Job).where(or_(exclusive, joinable) if join else exclusive,
+                                  Job.runner != Runner.ASK_TELL.value)
         if skip:
             query = query.where(Job.id.not_in(list(skip)))
+        # Tenants with the fewest trials running first, then queued jobs before running ones
+        # (which have trials already), then the oldest: a small job of a quiet tenant starts
+        # while a big one runs, rather than after it.
+        trials = table("trials", column("study_id"), column("state"))
+        studies = table("studies", column("study_id"), column("study_name"))
+        other = aliased(Job)
+        tenant_running = (
+            select(func.count())
+            .select_from(trials.join(studies, studies.c.study_id == trials.c.study_id)
+                         .join(other, other.study_name == studies.c.study_name))
+            # A literal, not a bound string: on PostgreSQL the column is Optuna's enum type.
+            .where(trials.c.state == literal_column("'RUNNING'"), other.tenant == Job.tenant,
+                   other.status == JobStatus.RUNNING.value)
+            .scalar_subquery()
+        )
+        started = case((Job.status == JobStatus.QUEUED.value, 0), else_=1)
         with self._session() as session:
-            candidates = session.scalars(query.order_by(Job.created_at).limit(5)).all()
+            candidates = session.scalars(
+                query.order_by(tenant_running, started, Job.created_at).limit(5)
+            ).all()
             for job in candidates:
                 if job.status == JobStatus.RUNNING.value and job.runner == Runner.OPTUNA.value:
                     return job

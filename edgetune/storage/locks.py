@@ -1,6 +1,6 @@
-"""A lock per job shared by every process on its database, held while a trial is asked for:
-workers and ask/tell requests sharing a job then never start more trials than its budget or
-its parallelism allows, whichever machine they run on."""
+"""Locks shared by every process on a database: one per job, held while a trial is asked for
+(workers and ask/tell requests sharing a job then never start more trials than its budget or
+its parallelism allows, whichever machine they run on), and one for migrating the schema."""
 
 from __future__ import annotations
 
@@ -14,6 +14,12 @@ from pathlib import Path
 from sqlalchemy import Engine, text
 
 _memory_lock = threading.Lock()
+_memory_migration_lock = threading.Lock()
+#: The advisory lock key of schema migrations on PostgreSQL (job locks hash their id instead;
+#: a collision with one would only make a migration wait for an ask).
+MIGRATION_LOCK_KEY = int.from_bytes(
+    hashlib.blake2b(b"edgetune:migrate", digest_size=8).digest(), "big", signed=True
+)
 
 
 @contextmanager
@@ -38,6 +44,39 @@ def job_lock(engine: Engine, job_id: str) -> Iterator[None]:
             yield
         return
     with open(Path(f"{database}.lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def migration_lock(engine: Engine) -> Iterator[None]:
+    """Hold the database's migration lock for the block: processes upgrading one fresh database
+    at once (`edgetune db upgrade` run twice, workers starting together) then migrate one after
+    the other, and the later ones find the schema at head, instead of racing to create the same
+    tables and failing with unique violations.
+
+    PostgreSQL: a session-level advisory lock on a connection of its own, in autocommit so that
+    it holds no transaction open beside the migration's DDL; released at the end, or by the
+    server when the process dies. SQLite: an exclusive `flock` on `<database>.migrate.lock`.
+    """
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"),
+                             {"key": MIGRATION_LOCK_KEY})
+        return
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or database in (None, "", ":memory:"):
+        with _memory_migration_lock:
+            yield
+        return
+    with open(Path(f"{database}.migrate.lock"), "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

@@ -13,8 +13,11 @@ Nothing is downloaded: the file datasets are read from a data directory, laid ou
         (`npz`: the caller passes the server's data directory here, never one from a request)
 
 `synthetic` (a table) and `synthetic-image` are generated, seeded, at any size within
-`MAX_DATASET_BYTES`. `check_dataset_options` checks the options that choose or size a dataset
-before a job is accepted; the loaders check again what protects memory and the file system.
+`MAX_DATASET_BYTES`, which bounds the memory they take: they are generated in float32, in
+place, in the order of their split (the two splits are views of one array), and their peak
+while loading stays within about 1.3 times their size. `check_dataset_options` checks the
+options that choose or size a dataset before a job is accepted; the loaders check again what
+protects memory and the file system.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import os
 import pickle
 import re
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -38,8 +41,12 @@ from edgetune.errors import InvalidSpecError, TrialFailed
 IMAGE_DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "synthetic-image", "npz")
 TABULAR_DATASETS = ("iris", "wine", "breast-cancer", "synthetic", "npz")
 
-#: The most bytes a generated or npz dataset may take as float32 inputs.
+#: The most bytes a generated dataset may take in memory (its inputs as float32 and labels as
+#: int64, both splits), or an npz dataset's inputs as float32.
 MAX_DATASET_BYTES = 2**31
+#: Rows of a dataset handled at once while it is generated or standardized: about 4 MiB of
+#: float32, so that no temporary comes near the size of the dataset.
+_CHUNK_BYTES = 2**22
 #: A file name under `<data_dir>/datasets/`; `..` is refused on top of the pattern.
 NPZ_FILE = re.compile(r"[A-Za-z0-9_.\-]{1,128}\.npz")
 
@@ -192,12 +199,12 @@ def _check_synthetic(
                 field("n_features"),
                 f"is {cells}, but {n_classes} classes need at least {needed} features",
             )
-    size = n_samples * cells * 4
+    size = synthetic_bytes(n_samples, cells)
     if size > MAX_DATASET_BYTES:
         raise InvalidSpecError(
             field("n_samples"),
-            f"n_samples x {what} x 4 bytes is {size} bytes, but must be <= {MAX_DATASET_BYTES} "
-            "(2 GiB)",
+            f"n_samples x ({what} x 4 + 8) bytes (float32 inputs, int64 labels) is {size} "
+            f"bytes, but must be <= {MAX_DATASET_BYTES} (2 GiB)",
         )
     if val_fraction is not None:
         n_val = math.ceil(val_fraction * n_samples)
@@ -208,6 +215,12 @@ def _check_synthetic(
                 f"(n_classes) in both training and validation sets; it gives {n_val} to "
                 "validation",
             )
+
+
+def synthetic_bytes(n_samples: int, cells: int) -> int:
+    """The memory a generated dataset holds: `cells` float32 inputs and an int64 label per
+    sample, over both splits (which are views of one array each)."""
+    return n_samples * (cells * 4 + 8)
 
 
 def _npz_name_problem(value: object) -> str | None:
@@ -267,6 +280,7 @@ def load_image_dataset(
     image_shape = _option(options, "image_shape", image_shape)
     x_val: np.ndarray | None = None
     y_val: np.ndarray | None = None
+    n_train: int | None = None  # set when the data come in split order already
     if name == "digits":
         from sklearn.datasets import load_digits
 
@@ -279,13 +293,15 @@ def load_image_dataset(
         x, y = _load_cifar10(files_dir)
     elif name == "synthetic-image":
         _check_generated(name, n_samples=n_samples, n_classes=n_classes, image_shape=image_shape)
-        x, y = _synthetic_images(n_samples, tuple(image_shape), n_classes, seed=seed)
+        x, y, n_train = _synthetic_images(n_samples, tuple(image_shape), n_classes, seed=seed,
+                                          val_fraction=val_fraction)
     elif name == "npz":
         x, y, x_val, y_val = _load_npz(data_dir, npz_file, images=True)
     else:
         raise TrialFailed(f"unknown dataset {name!r}; known: {', '.join(IMAGE_DATASETS)}")
     if x_val is None or y_val is None:
-        x_train, x_val, y_train, y_val = _split(name, x, y, val_fraction=val_fraction, seed=seed)
+        x_train, x_val, y_train, y_val = _split(name, x, y, val_fraction=val_fraction, seed=seed,
+                                                n_train=n_train)
     else:
         x_train, y_train = x, y
     return ImageData(x_train, y_train, x_val, y_val,
@@ -326,48 +342,97 @@ def load_tabular_dataset(
     }
     x_val: np.ndarray | None = None
     y_val: np.ndarray | None = None
+    n_train: int | None = None  # set when the data come in split order already
     if name in loaders:
         bunch = loaders[name]()
         x, y = bunch.data, bunch.target
     elif name == "synthetic":
         _check_generated(name, n_samples=n_samples, n_classes=n_classes, n_features=n_features)
-        x, y = _synthetic_table(n_samples, n_features, n_classes, seed=seed)
+        x, y, n_train = _synthetic_table(n_samples, n_features, n_classes, seed=seed,
+                                         val_fraction=val_fraction)
     elif name == "npz":
         x, y, x_val, y_val = _load_npz(data_dir, npz_file, images=False)
     else:
         raise TrialFailed(f"unknown dataset {name!r}; known: {', '.join(TABULAR_DATASETS)}")
-    y = y.astype(np.int64)
+    x = np.asarray(x, dtype=np.float32)  # no copy of a generated table
+    y = y.astype(np.int64, copy=False)
     if x_val is None or y_val is None:
-        x_train, x_val, y_train, y_val = _split(name, x, y, val_fraction=val_fraction, seed=seed)
+        x_train, x_val, y_train, y_val = _split(name, x, y, val_fraction=val_fraction, seed=seed,
+                                                n_train=n_train)
     else:
         x_train, y_train = x, y
+        x_val = np.asarray(x_val, dtype=np.float32)
     # Statistics of the training split only, so that nothing of the validation split leaks
     # into training; a constant feature is left centred rather than divided by zero.
-    mean = x_train.mean(axis=0, dtype=np.float64)
-    std = x_train.std(axis=0, dtype=np.float64)
-    std[std == 0] = 1.0
+    mean, std = _column_statistics(x_train)
+    for part in (x_train, x_val):
+        _standardize_in_place(part, mean, std)
     return TabularData(
-        x_train=((x_train - mean) / std).astype(np.float32),
+        x_train=x_train,
         y_train=y_train,
-        x_val=((x_val - mean) / std).astype(np.float32),
+        x_val=x_val,
         y_val=y_val,
         n_classes=int(max(y_train.max(), y_val.max())) + 1,
     )
 
 
+def _row_chunks(x: np.ndarray) -> Iterator[np.ndarray]:
+    """Views of `x`, a few rows at a time (about `_CHUNK_BYTES` each)."""
+    rows = max(1, _CHUNK_BYTES // max(1, x[:1].nbytes))
+    for start in range(0, len(x), rows):
+        yield x[start : start + rows]
+
+
+def _column_statistics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each column's mean and standard deviation (float64 sums, a chunk at a time: numpy's
+    `std` would make a float64 copy of the whole table); a constant column's is 1."""
+    total = np.zeros(x.shape[1], dtype=np.float64)
+    for chunk in _row_chunks(x):
+        total += chunk.sum(axis=0, dtype=np.float64)
+    mean = total / max(1, len(x))
+    squares = np.zeros_like(total)
+    for chunk in _row_chunks(x):
+        deviation = chunk - mean  # float64, the size of the chunk
+        squares += np.einsum("ij,ij->j", deviation, deviation)
+    std = np.sqrt(squares / max(1, len(x)))
+    std[std == 0] = 1.0
+    return mean, std
+
+
+def _standardize_in_place(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> None:
+    shift, scale = mean.astype(np.float32), std.astype(np.float32)
+    for chunk in _row_chunks(x):
+        chunk -= shift
+        chunk /= scale
+
+
 def _split(
-    name: str, x: np.ndarray, y: np.ndarray, *, val_fraction: float, seed: int
+    name: str, x: np.ndarray, y: np.ndarray, *, val_fraction: float, seed: int,
+    n_train: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(x_train, x_val, y_train, y_val), stratified by `y` and seeded."""
+    """(x_train, x_val, y_train, y_val), stratified by `y` and seeded: views of `x` and `y` put
+    in split order (one copy of each), or of `x` and `y` as they are when they come in split
+    order already, with the first `n_train` samples for training."""
+    if n_train is None:
+        order, n_train = _split_order(name, y, val_fraction=val_fraction, seed=seed)
+        x, y = x[order], y[order]
+    return x[:n_train], x[n_train:], y[:n_train], y[n_train:]
+
+
+def _split_order(
+    name: str, y: np.ndarray, *, val_fraction: float, seed: int
+) -> tuple[np.ndarray, int]:
+    """The order of the samples that puts the training split first (stratified by `y`,
+    seeded: sklearn's `train_test_split`, on indices), and the training split's size."""
     from sklearn.model_selection import train_test_split
 
     try:
-        x_train, x_val, y_train, y_val = train_test_split(
-            x, y, test_size=val_fraction, random_state=seed, stratify=y
+        train, val = train_test_split(
+            np.arange(len(y)), test_size=val_fraction, random_state=seed, stratify=y
         )
     except ValueError as e:  # e.g. too few samples of a class for a stratified split
         raise TrialFailed(f"cannot split dataset {name!r}: {e}") from e
-    return x_train, x_val, y_train, y_val
+    return np.concatenate([train, val]), len(train)
 
 
 def _option(options: Mapping[str, object] | None, key: str, default: Any) -> Any:
@@ -390,26 +455,61 @@ def _check_generated(name: str, **sizes: Any) -> None:
 
 
 def _synthetic_table(
-    n_samples: int, n_features: int, n_classes: int, *, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import make_classification
+    n_samples: int, n_features: int, n_classes: int, *, seed: int, val_fraction: float
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """A classification table as `sklearn.datasets.make_classification` draws it (each class
+    a mix of Gaussian clusters on vertices of a hypercube of the informative features, mixed
+    linearly; the other features noise), in split order: (x, y, n_train).
 
+    Drawn in float32, a chunk of rows at a time, straight into the one array returned:
+    make_classification draws float64 and shuffles copies, several times the table's size.
+    Where it draws a mixing matrix per cluster, of n_informative^2 (100 MB at 5,000), the
+    clusters here share one, block-diagonal with blocks of at most `_MIXING_BLOCK` features.
+    """
+    rng = np.random.default_rng(seed)
     # Half the features informative (the rest noise), and at least the log2(n_classes) that
-    # make_classification needs for its hypercube of classes.
+    # the hypercube of classes needs.
     needed = max(1, math.ceil(math.log2(n_classes)))
     n_informative = min(n_features, max(needed, n_features // 2))
     clusters = 2 if n_classes * 2 <= 2**n_informative else 1
-    x, y = make_classification(
-        n_samples=n_samples,
-        n_features=n_features,
-        n_informative=n_informative,
-        n_redundant=0,
-        n_repeated=0,
-        n_classes=n_classes,
-        n_clusters_per_class=clusters,
-        random_state=seed,
-    )
-    return x, y
+    centroids = _hypercube_vertices(rng, n_classes * clusters, n_informative)
+    mixing = [(start, 2 * rng.random((width, width), dtype=np.float32) - 1)
+              for start in range(0, n_informative, _MIXING_BLOCK)
+              for width in [min(_MIXING_BLOCK, n_informative - start)]]
+    # Balanced classes (as make_classification), a random cluster of its class per sample.
+    y = rng.permutation(np.arange(n_samples, dtype=np.int64) % n_classes)
+    order, n_train = _split_order("synthetic", y, val_fraction=val_fraction, seed=seed)
+    y = y[order]
+    del order
+    x = np.empty((n_samples, n_features), dtype=np.float32)
+    start = 0
+    for block in _row_chunks(x):
+        n = len(block)
+        labels = y[start : start + n]
+        rng.standard_normal(out=block, dtype=np.float32)
+        informative = block[:, :n_informative]
+        for first, matrix in mixing:
+            part = informative[:, first : first + len(matrix)]
+            part[...] = part @ matrix
+        informative += centroids[labels * clusters + rng.integers(clusters, size=n)]
+        start += n
+    return x, y, n_train
+
+
+#: The most informative features one block of a synthetic table's mixing matrix spans.
+_MIXING_BLOCK = 64
+
+
+def _hypercube_vertices(rng: np.random.Generator, n: int, dims: int) -> np.ndarray:
+    """`n` distinct vertices of the cube [-1, 1]^dims, as float32 rows (n <= 2**dims)."""
+    if dims <= 30:
+        codes = rng.choice(2**dims, size=n, replace=False)
+        bits = (codes[:, None] >> np.arange(dims)) & 1
+    else:
+        # 2**31 vertices or more: n <= 2000 random ones are distinct but with odds of about
+        # n^2 / 2^32 (1e-3), and two clusters of one class sharing a vertex change nothing.
+        bits = rng.integers(0, 2, size=(n, dims))
+    return (2 * bits - 1).astype(np.float32)
 
 
 #: Standard deviation of the per-image noise on a synthetic image's 4 x 4 grid, against 1 for
@@ -418,9 +518,11 @@ _SYNTHETIC_GRID_NOISE = 0.8
 
 
 def _synthetic_images(
-    n_samples: int, image_shape: tuple[int, ...], n_classes: int, *, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Balanced classes, each a smooth random pattern, under per-image contrast and noise."""
+    n_samples: int, image_shape: tuple[int, ...], n_classes: int, *, seed: int,
+    val_fraction: float,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Balanced classes, each a smooth random pattern, under per-image contrast and noise; in
+    split order, drawn in float32 straight into the one array returned: (x, y, n_train)."""
     c, h, w = image_shape
     rng = np.random.default_rng(seed)
     # A class is a 4 x 4 grid of random levels per channel, blown up to the image size:
@@ -430,10 +532,12 @@ def _synthetic_images(
     coarse = rng.standard_normal((n_classes, c, 4, 4), dtype=np.float32)
     cell_h, cell_w = -(-h // 4), -(-w // 4)
     y = rng.permutation(np.arange(n_samples, dtype=np.int64) % n_classes)
+    order, n_train = _split_order("synthetic-image", y, val_fraction=val_fraction, seed=seed)
+    y = y[order]
+    del order
     x = np.empty((n_samples, c, h, w), dtype=np.float32)
-    chunk = max(1, 2**22 // (c * h * w))  # about 16 MiB of float32 at a time beside `x`
-    for start in range(0, n_samples, chunk):
-        block = x[start : start + chunk]
+    start = 0
+    for block in _row_chunks(x):
         n = len(block)
         rng.random(out=block, dtype=np.float32)  # uniform: several times faster than normal
         block -= 0.5
@@ -444,7 +548,8 @@ def _synthetic_images(
         grid = grid.repeat(cell_h, axis=2).repeat(cell_w, axis=3)[:, :, :h, :w]
         block += 0.5 + 0.15 * grid
         np.clip(block, 0.0, 1.0, out=block)
-    return x, y
+        start += n
+    return x, y, n_train
 
 
 # --- MNIST and Fashion-MNIST -----------------------------------------------------------------
@@ -489,7 +594,8 @@ def _load_idx_dataset(
                 )
         x = np.concatenate([train_x, test_x])
         y = np.concatenate([train_y, test_y])
-    x = (x.reshape(len(x), 1, *x.shape[1:]) / 255.0).astype(np.float32)
+    x = x.reshape(len(x), 1, *x.shape[1:]).astype(np.float32)
+    x /= 255  # in place: `x / 255.0` would make a float64 copy first
     return x, y.astype(np.int64)
 
 
@@ -547,8 +653,9 @@ def _load_cifar10(data_dir: str | os.PathLike[str] | None) -> tuple[np.ndarray, 
             f"{folder.parent}."
         )
     batches = [_read_cifar_batch(p) for p in paths]
-    x = np.concatenate([b[0] for b in batches]).reshape(-1, 3, 32, 32)
-    return (x / 255.0).astype(np.float32), np.concatenate([b[1] for b in batches])
+    x = np.concatenate([b[0] for b in batches]).reshape(-1, 3, 32, 32).astype(np.float32)
+    x /= 255  # in place: `x / 255.0` would make a float64 copy first
+    return x, np.concatenate([b[1] for b in batches])
 
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -671,7 +778,7 @@ def _npz_inputs(path: Path, key: str, a: np.ndarray, *, images: bool) -> np.ndar
         raise TrialFailed(f"{path}: {key} takes {a.size * 4} bytes as float32, but at most "
                           f"{MAX_DATASET_BYTES} (2 GiB)")
     if images and a.dtype == np.uint8:
-        return (a / np.float32(255)).astype(np.float32)
+        return a / np.float32(255)  # float32 already
     if images and a.dtype.kind != "f":
         raise TrialFailed(f"{path}: {key} has dtype {a.dtype}, but images must be uint8 "
                           "(0..255) or floats in [0, 1]")

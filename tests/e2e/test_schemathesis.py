@@ -27,7 +27,7 @@ JOB = {
     "space": {"name": None, "params": [{"type": "float", "name": "x", "low": 0, "high": 1}]},
     "objectives": [{"name": "f1"}, {"name": "f2"}],
     "algorithm": {"sampler": "nsga2"},
-    "budget": {"n_trials": 1000, "parallelism": 256},
+    "budget": {"n_trials": 1000, "parallelism": 64},
 }
 
 

@@ -58,6 +58,7 @@ def test_round_trips_through_json() -> None:
         ({"name": "x", "budget": {"n_trials": 10**9}}, "budget.n_trials", "less than or equal to 100000"),
         ({"name": "x", "budget": {"timeout_s": -5}}, "budget.timeout_s", "greater than 0"),
         ({"name": "x", "budget": {"parallelism": 0}}, "budget.parallelism", "greater than or equal to 1"),
+        ({"name": "x", "budget": {"parallelism": 256}}, "budget.parallelism", "less than or equal to 64"),
         ({"name": "x", "objectives": []}, "objectives", "at least 1 item"),
         ({"name": "x", "objectives": [{"name": "speed"}]}, "objectives.0", "unknown metric"),
         ({"name": "x", "objectives": [{"name": "accuracy", "direction": "up"}]},

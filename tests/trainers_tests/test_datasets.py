@@ -20,6 +20,7 @@ from edgetune.trainers.datasets import (
     check_dataset_options,
     load_image_dataset,
     load_tabular_dataset,
+    synthetic_bytes,
 )
 
 SHAPES = {"iris": (150, 4, 3), "wine": (178, 13, 3), "breast-cancer": (569, 30, 2),
@@ -376,8 +377,9 @@ def test_synthetic_images_are_learnable() -> None:
 
 
 def test_synthetic_images_over_two_gib_are_refused() -> None:
-    with pytest.raises(TrialFailed, match=r"n_samples x channels x height x width x 4 bytes is "
-                       r"2621440000 bytes, but must be <= 2147483648"):
+    with pytest.raises(TrialFailed, match=r"n_samples x \(channels x height x width x 4 \+ 8\) "
+                       r"bytes \(float32 inputs, int64 labels\) is 2621520000 bytes, but must "
+                       r"be <= 2147483648"):
         load_image_dataset("synthetic-image", val_fraction=0.2, seed=0, n_samples=10_000,
                            image_shape=(4, 128, 128))
 
@@ -580,7 +582,7 @@ def test_good_dataset_options_pass(dataset: str, options) -> None:
         ("synthetic", {"n_samples": 1_000_000, "n_features": 1000}, "trainer.options.n_samples",
          "must be <= 2147483648"),
         ("synthetic-image", {"n_samples": 1_000_000, "image_shape": [3, 32, 32]},
-         "trainer.options.n_samples", "12288000000 bytes, but must be <= 2147483648"),
+         "trainer.options.n_samples", "12296000000 bytes, but must be <= 2147483648"),
         ("synthetic", {"n_samples": 100, "n_classes": 30}, "trainer.options.n_samples",
          "stratified split needs at least 30 samples"),
         ("synthetic-image", {"n_samples": 100, "n_classes": 11, "val_fraction": 0.1},
@@ -593,12 +595,56 @@ def test_bad_dataset_options_name_the_field(dataset, options, field, text) -> No
     assert e.value.field == field
 
 
-def test_the_bound_is_two_gib() -> None:
+def test_the_bound_is_two_gib_of_inputs_and_labels() -> None:
     assert MAX_DATASET_BYTES == 2**31
+    per_sample = 4 * 64 * 64 + 8  # float32 pixels and an int64 label
     check_dataset_options("synthetic-image",
-                          {"n_samples": 2**31 // (4 * 64 * 64), "image_shape": [1, 64, 64]})
-    with pytest.raises(InvalidSpecError):
+                          {"n_samples": 2**31 // per_sample, "image_shape": [1, 64, 64]})
+    with pytest.raises(InvalidSpecError, match=r"trainer\.options\.n_samples"):
         check_dataset_options(
-            "synthetic-image", {"n_samples": 2**31 // (4 * 64 * 64) + 1,
-                                "image_shape": [1, 64, 64]},
+            "synthetic-image", {"n_samples": 2**31 // per_sample + 1, "image_shape": [1, 64, 64]},
         )
+
+
+# --- memory ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("dataset", "options", "cells"),
+    [
+        ("synthetic", {"n_samples": 200_000, "n_features": 100}, 100),
+        ("synthetic", {"n_samples": 10_000, "n_features": 2000, "n_classes": 50}, 2000),
+        ("synthetic-image", {"n_samples": 20_000, "image_shape": [3, 32, 32]}, 3 * 32 * 32),
+    ],
+)
+def test_a_generated_dataset_takes_about_its_declared_size(dataset, options, cells) -> None:
+    """The bound on a generated dataset means memory: what it holds is its declared size
+    (float32 inputs and int64 labels, both splits), and the peak while it is generated,
+    split and standardized stays within 1.5 times that (numpy reports its buffers to
+    tracemalloc). Measured as ratios, not times."""
+    import tracemalloc
+
+    load = load_tabular_dataset if dataset == "synthetic" else load_image_dataset
+    load(dataset, val_fraction=0.2, seed=0, options={**options, "n_samples": 1000})  # imports
+    declared = synthetic_bytes(options["n_samples"], cells)
+    check_dataset_options(dataset, options)
+    tracemalloc.start()
+    try:
+        data = load(dataset, val_fraction=0.2, seed=0, options=options)
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    arrays = (data.x_train, data.x_val, data.y_train, data.y_val)
+    assert sum(a.nbytes for a in arrays) == declared
+    assert data.x_train.dtype == data.x_val.dtype == np.float32
+    # The splits are views of one array, not copies.
+    assert data.x_train.base is not None and data.x_train.base is data.x_val.base
+    assert held < 1.05 * declared
+    assert peak < 1.5 * declared, f"peak {peak / declared:.2f} x the declared size"
+
+
+def test_a_standardized_table_is_the_same_in_chunks() -> None:
+    """Standardizing in place, chunk by chunk, gives numpy's statistics of the whole."""
+    data = load_tabular_dataset("synthetic", val_fraction=0.2, seed=0,
+                                options={"n_samples": 300_000, "n_features": 30})
+    assert len(data.x_train) > 2**22 // (30 * 4)  # more rows than one chunk
+    np.testing.assert_allclose(data.x_train.mean(axis=0, dtype=np.float64), 0, atol=1e-5)
+    np.testing.assert_allclose(data.x_train.std(axis=0, dtype=np.float64), 1, atol=1e-4)

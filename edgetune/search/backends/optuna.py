@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from sqlalchemy import text
 
 from edgetune.devices import MeasureConfig
+from edgetune.search.capacity import TrialSlots
 from edgetune.search.constraints import violations
 from edgetune.search.device_latency import PROBE_TIMEOUT_S
 from edgetune.search.registry import PRUNERS, SAMPLERS, AlgorithmContext
@@ -99,6 +100,7 @@ class OptunaBackend:
         max_running: int | None = None,
         probe_timeout_s: float = PROBE_TIMEOUT_S,
         context: BaseContext | None = None,
+        trial_slots: TrialSlots | None = None,
     ) -> None:
         self.probe_timeout_s = probe_timeout_s
         self.storage_url = storage_url
@@ -110,6 +112,9 @@ class OptunaBackend:
         #: as the job's parallelism.
         self.max_running = max_running
         self.context = context or trial_context()
+        #: The worker's slots, shared with the other jobs it runs at once; None: no limit
+        #: beyond `max_running`.
+        self.trial_slots = trial_slots
         self._warm = False
 
     def _warm_up(self) -> None:
@@ -175,7 +180,10 @@ class OptunaBackend:
                 return JobOutcome(None, None)
 
             timed_out = deadline is not None and utcnow() >= deadline
-            while not timed_out and len(running) < slots:
+            while not timed_out and len(running) < slots and (
+                self.trial_slots is None
+                or self.trial_slots.may_start(job.id, job.tenant, len(running))
+            ):
                 with job_lock(storage.engine, job.id):
                     if not BudgetState.of(study, storage).may_ask(n_trials, budget.parallelism):
                         break

@@ -6,6 +6,7 @@ from alembic import context
 from sqlalchemy import Connection
 
 from edgetune.storage.db import make_engine
+from edgetune.storage.locks import migration_lock
 from edgetune.storage.migrations import VERSION_TABLE
 from edgetune.storage.models import PREFIX, Base
 
@@ -31,7 +32,8 @@ connection = context.config.attributes.get("connection")
 if connection is not None:
     _run(connection)
 else:
+    # Run by the `alembic` command itself: take the lock that `open_database` takes.
     engine = make_engine(context.config.get_main_option("sqlalchemy.url") or "")
-    with engine.connect() as conn:
+    with migration_lock(engine), engine.connect() as conn:
         _run(conn)
     engine.dispose()
