@@ -10,7 +10,6 @@ from the start: a client that goes silent has its trial failed and asked again.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -21,7 +20,6 @@ from typing import Any, Literal
 
 import optuna
 from optuna.trial import TrialState
-from sqlalchemy import text
 
 from edgetune.errors import ConflictError, InvalidSpecError, NotFoundError
 from edgetune.search.backends.optuna import (
@@ -30,7 +28,7 @@ from edgetune.search.backends.optuna import (
     fail_dead_trials,
     job_outcome,
     load_job_study,
-    new_trial_id,
+    new_trial,
     sampled_trial,
     tell_result,
     trial_budget,
@@ -39,7 +37,7 @@ from edgetune.search.schedulers import report_progress
 from edgetune.search.space import suggest
 from edgetune.spaces import Param, resolve_space
 from edgetune.spec import JobSpec
-from edgetune.storage import Job, JobRepository, JobStatus, optuna_storage
+from edgetune.storage import Job, JobRepository, JobStatus, optuna_storage, study_store
 from edgetune.storage.locks import job_lock
 
 logger = logging.getLogger(__name__)
@@ -89,10 +87,10 @@ class AskTellStudies:
         # object per job here.
         with js.lock:
             with job_lock(js.storage.engine, job.id):
-                trial_id = self._client_trial_id(js, client_id)
+                trial_id = self._client_trial(js, client_id)
                 resumed = trial_id is not None
                 if trial_id is not None:
-                    js.storage.record_heartbeat(trial_id)
+                    study_store.record_heartbeat(js.study, trial_id)
                 else:
                     if time.monotonic() - js.reaped_at >= self.heartbeat_s:
                         fail_dead_trials(js.study, js.storage)
@@ -100,8 +98,8 @@ class AskTellStudies:
                     used = BudgetState.of(js.study, js.storage)
                     if not used.may_ask(js.n_trials, js.spec.budget.parallelism):
                         raise ConflictError(_why_not(used, js))
-                    trial_id = new_trial_id(js.study, js.storage)
-                    js.storage.set_trial_system_attr(trial_id, CLIENT_KEY, client_id)
+                    trial_id = new_trial(js.study, js.storage)
+                    study_store.set_system_attr(js.study, trial_id, CLIENT_KEY, client_id)
             trial = sampled_trial(js.study, trial_id)
             params = suggest(trial, js.space)
         fixed = {k: v for k, v in params.items() if k not in trial.params}
@@ -112,8 +110,8 @@ class AskTellStudies:
     def report(self, job: Job, number: int, step: int, values: Mapping[str, float]) -> bool:
         """Record a running trial's progress; True when the job's pruner says stop it."""
         js = self._study(job)
-        trial_id = self._running_trial_id(js, job, number)
-        js.storage.record_heartbeat(trial_id)
+        trial_id = self._running_id(js, job, number)
+        study_store.record_heartbeat(js.study, trial_id)
         if js.spec.algorithm.pruner == "none":
             if len(js.spec.objectives) == 1:  # kept for the learning curves all the same
                 optuna.Trial(js.study, trial_id).report(_ordered(js.spec, values)[0], step)
@@ -127,7 +125,7 @@ class AskTellStudies:
         """Finish a trial (telling a finished one again changes nothing) and end the job once
         its budget is spent and no trial runs."""
         js = self._study(job)
-        trial_id = self._trial_id(js, job, number)
+        trial_id = self._id_of(js, job, number)
         if state == "complete":
             _ordered(js.spec, values)  # every objective, or a 422 before anything is stored
         result = {"state": state, "metrics": {**metrics, **values}, "error": error}
@@ -156,29 +154,19 @@ class AskTellStudies:
         return js
 
     @staticmethod
-    def _client_trial_id(js: _JobStudy, client_id: str) -> int | None:
-        # In SQL, not through `study.get_trials`, which rebuilds every running trial: this runs
-        # under the job's lock (see `BudgetState.of`).
-        with js.storage.engine.connect() as conn:
-            return conn.execute(
-                text("SELECT t.trial_id FROM trials t JOIN trial_system_attributes a "
-                     "ON a.trial_id = t.trial_id WHERE t.study_id = :study "
-                     "AND t.state = 'RUNNING' AND a.key = :key AND a.value_json = :value "
-                     "ORDER BY t.trial_id LIMIT 1"),
-                {"study": js.study._study_id, "key": CLIENT_KEY,
-                 "value": json.dumps(client_id)},
-            ).scalar()
+    def _client_trial(js: _JobStudy, client_id: str) -> int | None:
+        return study_store.running_trial_with_attr(js.study, CLIENT_KEY, client_id)
 
     @staticmethod
-    def _trial_id(js: _JobStudy, job: Job, number: int) -> int:
+    def _id_of(js: _JobStudy, job: Job, number: int) -> int:
         try:
-            return js.storage.get_trial_id_from_study_id_trial_number(js.study._study_id, number)
+            return study_store.trial_id_of_number(js.study, number)
         except KeyError as e:
             raise NotFoundError(f"job {job.id!r} has no trial {number}") from e
 
-    def _running_trial_id(self, js: _JobStudy, job: Job, number: int) -> int:
-        trial_id = self._trial_id(js, job, number)
-        current = js.storage.get_trial(trial_id).state
+    def _running_id(self, js: _JobStudy, job: Job, number: int) -> int:
+        trial_id = self._id_of(js, job, number)
+        current = study_store.trial_state(js.study, trial_id)
         if current != TrialState.RUNNING:
             raise ConflictError(f"trial {number} of job {job.id!r} is {current.name.lower()}")
         return trial_id

@@ -18,9 +18,9 @@ from typing import Any, Protocol
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
-from sqlalchemy import text
 
 from edgetune.devices import MeasureConfig
+from edgetune.errors import StorageError
 from edgetune.search.constraints import violations
 from edgetune.search.device_latency import PROBE_TIMEOUT_S
 from edgetune.search.registry import PRUNERS, SAMPLERS, AlgorithmContext
@@ -34,15 +34,14 @@ from edgetune.search.trial_process import (
 )
 from edgetune.spaces import Param, resolve_space
 from edgetune.spec import JobSpec
-from edgetune.storage import Job, JobStatus, optuna_storage, utcnow
+from edgetune.storage import Job, JobStatus, optuna_storage, study_store, utcnow
 from edgetune.storage.locks import job_lock
-from edgetune.storage.trials import INFRA_FAILURE_KEY
+from edgetune.storage.study_store import ERROR_ATTR, INFRA_FAILURE_KEY
 
 logger = logging.getLogger(__name__)
 
 #: A job stops starting trials when this many have ended and every one of them failed.
 MAX_INITIAL_FAILURES = 5
-ERROR_ATTR = "error"
 
 
 class JobControl(Protocol):
@@ -164,7 +163,7 @@ class OptunaBackend:
                     self._stop_all(study, running, "the job ended or went to another worker")
                     return JobOutcome(None, "lease lost")
                 for run in running.values():
-                    storage.record_heartbeat(run.trial._trial_id)
+                    study_store.record_heartbeat(study, study_store.trial_id(run.trial))
                 with job_lock(storage.engine, job.id):
                     fail_dead_trials(study, storage)
             if control.cancel_requested():
@@ -175,11 +174,21 @@ class OptunaBackend:
                 return JobOutcome(None, None)
 
             timed_out = deadline is not None and utcnow() >= deadline
+            ask_failed = False
             while not timed_out and len(running) < slots:
-                with job_lock(storage.engine, job.id):
-                    if not BudgetState.of(study, storage).may_ask(n_trials, budget.parallelism):
-                        break
-                    trial_id = new_trial_id(study, storage)
+                try:
+                    with job_lock(storage.engine, job.id):
+                        if not BudgetState.of(study, storage).may_ask(n_trials,
+                                                                      budget.parallelism):
+                            break
+                        trial_id = new_trial(study, storage)
+                except StorageError as e:
+                    # A busy or restarting database: the running trials go on, and the next
+                    # round asks again. The job fails only if the database stays away.
+                    logger.warning("job %s: could not ask for a trial (%s); trying again", job.id,
+                                   e)
+                    ask_failed = True
+                    break
                 try:
                     trial = sampled_trial(study, trial_id)
                     params = suggest(trial, space)
@@ -197,6 +206,8 @@ class OptunaBackend:
                     continue
                 logger.info("job %s: trial %d started with %s", job.id, trial.number, params)
             if not running:
+                if ask_failed:  # hand the job back; it is claimed again once the database is
+                    return JobOutcome(None, None)  # back, by this worker or another
                 break
 
             ready = wait([r.conn for r in running.values()], timeout=self.poll_interval_s)
@@ -209,7 +220,11 @@ class OptunaBackend:
 
         # This worker has nothing left to run. The job has ended when no trial runs anywhere
         # and none may be asked; otherwise other workers (or this one, joining again) go on.
-        used = BudgetState.of(study, storage)
+        try:
+            used = BudgetState.of(study, storage)
+        except StorageError as e:
+            logger.warning("job %s: could not read its budget (%s); handing it back", job.id, e)
+            return JobOutcome(None, None)
         timed_out = deadline is not None and utcnow() >= deadline
         if used.running == 0 and (timed_out or not used.may_ask(n_trials, budget.parallelism)):
             return job_outcome(study, n_trials=n_trials, timed_out=timed_out)
@@ -223,7 +238,7 @@ class OptunaBackend:
         task = TrialTask(
             storage_url=self.storage_url,
             study_name=study.study_name,
-            trial_id=trial._trial_id,
+            trial_id=study_store.trial_id(trial),
             number=trial.number,
             params=params,
             spec_json=spec.model_dump_json(),
@@ -281,56 +296,29 @@ def tell_result(
     study: optuna.Study, trial: optuna.Trial | TrialRef, metric_names: list[str],
     result: Mapping[str, Any],
 ) -> TrialState:
-    """Record the result on the trial and finish it; returns the state it ended in.
-
-    A trial that is already finished (another worker took the job over and failed it as
-    a leftover) is left as it is.
-    """
-    # `study.tell` takes the Trial itself, or a number (which it looks up).
-    trial_id, told = ((trial._trial_id, trial) if isinstance(trial, optuna.Trial)
-                      else (trial.trial_id, trial.number))
-    try:
-        return _record(study, trial_id, told, metric_names, result)
-    except (UpdateFinishedTrialError, ValueError) as e:
-        current = study._storage.get_trial(trial_id).state
-        if current.is_finished():
-            logger.warning("trial %d was already %s: %s", trial.number, current.name, e)
-            return current
-        raise
-
-
-def _record(
-    study: optuna.Study, trial_id: int, told: optuna.Trial | int, metric_names: list[str],
-    result: Mapping[str, Any],
-) -> TrialState:
-    # What `Trial.set_user_attr` does, for a `TrialRef` too.
-    def set_attr(key: str, value: Any) -> None:
-        study._storage.set_trial_user_attr(trial_id, key, value)
-
+    """Record the result on the trial and finish it, in one transaction; returns the state it
+    ended in. A trial that is already finished (another worker took the job over and failed it
+    as a leftover) is left as it is."""
+    trial_id = (study_store.trial_id(trial) if isinstance(trial, optuna.Trial)
+                else trial.trial_id)
     metrics = {k: float(v) for k, v in result.get("metrics", {}).items()}
-    for key, value in metrics.items():
-        set_attr(key, value)
-    for key, value in result.get("user_attrs", {}).items():
-        set_attr(key, value)
+    attrs: dict[str, Any] = {**metrics, **result.get("user_attrs", {})}
     state = result["state"]
     if state == "complete":
         values = [metrics.get(key, math.nan) for key in metric_names]
         missing = [k for k, v in zip(metric_names, values, strict=True)
                    if not math.isfinite(v)]
         if not missing:
-            study.tell(told, values)
-            return TrialState.COMPLETE
+            return study_store.finish_trial(study, trial_id, TrialState.COMPLETE, values, attrs)
         state, result = "failed", {"error": f"the trial did not measure {', '.join(missing)}"}
     if state == "pruned":
-        study.tell(told, state=TrialState.PRUNED)
-        return TrialState.PRUNED
-    set_attr(ERROR_ATTR, str(result.get("error")))
+        return study_store.finish_trial(study, trial_id, TrialState.PRUNED, None, attrs)
+    attrs[ERROR_ATTR] = str(result.get("error"))
     if result.get("traceback"):
-        set_attr("traceback", str(result["traceback"])[-4000:])
+        attrs["traceback"] = str(result["traceback"])[-4000:]
     if result.get("infra"):
-        set_attr(INFRA_FAILURE_KEY, True)
-    study.tell(told, state=TrialState.FAIL)
-    return TrialState.FAIL
+        attrs[INFRA_FAILURE_KEY] = True
+    return study_store.finish_trial(study, trial_id, TrialState.FAIL, None, attrs)
 
 
 @dataclass(frozen=True)
@@ -347,21 +335,8 @@ class BudgetState:
         rebuilds every unfinished trial on each read (about 1 ms a trial), and this is read
         under the job's lock on every ask, so with 16 trials running each ask held up all the
         others' for 15 ms. Counts as `_counts` does."""
-        with storage.engine.connect() as conn:
-            rows = conn.execute(
-                text("SELECT t.state, COUNT(*), COUNT(a.trial_id) FROM trials t "
-                     "LEFT JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
-                     "AND a.key = :key AND a.value_json = 'true' "
-                     "WHERE t.study_id = :study GROUP BY t.state"),
-                {"key": INFRA_FAILURE_KEY, "study": study._study_id},
-            ).all()
-        # Optuna stores TrialState's name; some drivers hand back the enum.
-        counts = {str(state).rsplit(".", 1)[-1].upper(): (int(n), int(infra))
-                  for state, n, infra in rows}
-        complete, pruned = counts.get("COMPLETE", (0, 0))[0], counts.get("PRUNED", (0, 0))[0]
-        failed, infra = counts.get("FAIL", (0, 0))
-        return cls(counted=complete + pruned + failed - infra, succeeded=complete + pruned,
-                   running=counts.get("RUNNING", (0, 0))[0])
+        counts = study_store.trial_counts(study)
+        return cls(counted=counts.counted, succeeded=counts.succeeded, running=counts.running)
 
     def may_ask(self, n_trials: int, parallelism: int) -> bool:
         # A spec that makes every trial fail (a missing dataset, a bad option) should not
@@ -371,71 +346,29 @@ class BudgetState:
                 and self.counted + self.running < n_trials)
 
 
-def new_trial_id(study: optuna.Study, storage: optuna.storages.RDBStorage) -> int:
-    """A new trial (or one enqueued) with its first heartbeat, as `Study.ask` makes it, but
-    not sampled yet: call it under the job's lock (see `fail_dead_trials`), and sample after
-    the lock with `sampled_trial`. The lock guards the slot; sampling (TPE's, GP's) can take
-    long and need not hold up other processes' asks."""
-    # Optuna's pop reads every unfinished trial (see `BudgetState.of`); enqueued trials are
-    # rare, so look for one in SQL first.
-    trial_id = study._pop_waiting_trial_id() if _has_waiting_trial(study, storage) else None
-    if trial_id is None:
-        trial_id = study._storage.create_new_trial(study._study_id)
-    storage.record_heartbeat(trial_id)
-    return trial_id
-
-
-def _has_waiting_trial(study: optuna.Study, storage: optuna.storages.RDBStorage) -> bool:
-    with storage.engine.connect() as conn:
-        return conn.execute(
-            text("SELECT 1 FROM trials WHERE study_id = :study AND state = 'WAITING' LIMIT 1"),
-            {"study": study._study_id},
-        ).first() is not None
+def new_trial(study: optuna.Study, storage: optuna.storages.RDBStorage) -> int:
+    """A new trial (or one enqueued) with its first heartbeat, not sampled yet: call it under
+    the job's lock, and sample after the lock with `sampled_trial`. The lock guards the slot;
+    sampling (TPE's, GP's) can take long and need not hold up other processes' asks."""
+    return study_store.create_trial(study)
 
 
 def sampled_trial(study: optuna.Study, trial_id: int) -> optuna.Trial:
     """The trial, with the sampler's relative parameters drawn (the rest of `Study.ask`)."""
-    study._thread_local.cached_all_trials = None  # as `Study.ask`: read the storage afresh
-    return optuna.Trial(study, trial_id)
+    return study_store.sampled_trial(study, trial_id)
 
 
 def fail_dead_trials(study: optuna.Study, storage: optuna.storages.RDBStorage) -> None:
-    """Fail the trials whose worker died, as infrastructure failures (so others run again):
-    those whose heartbeat went stale, and those with none at all. Call it under the job's
-    lock: a worker holds that lock from asking a trial to its first heartbeat, so a running
-    trial without one seen under the lock was asked by a worker that died in between (or
-    before this edgetune recorded heartbeats)."""
-    with storage.engine.connect() as conn:
-        orphans = conn.execute(
-            text("SELECT t.trial_id FROM trials t LEFT JOIN trial_heartbeats h "
-                 "ON h.trial_id = t.trial_id WHERE t.study_id = :study AND "
-                 "t.state = 'RUNNING' AND h.trial_id IS NULL"),
-            {"study": study._study_id},
-        ).scalars().all()
-    dead = {**{i: "its worker died" for i in orphans},
-            **{i: "its worker stopped answering"
-               for i in storage._get_stale_trial_ids(study._study_id)}}
-    for trial_id, reason in dead.items():
-        try:
-            # The reason first: Optuna refuses attributes on a finished trial.
-            storage.set_trial_user_attr(trial_id, ERROR_ATTR, reason)
-            storage.set_trial_user_attr(trial_id, INFRA_FAILURE_KEY, True)
-            if storage.set_trial_state_values(trial_id, TrialState.FAIL):
-                logger.warning("trial %d of %s: %s; marked failed, to run again", trial_id,
-                               study.study_name, reason)
-        except UpdateFinishedTrialError:
-            pass  # it ended meanwhile, or another worker failed it first
+    """Fail the trials whose worker died, as infrastructure failures (so others run again).
+    Call it under the job's lock (see `study_store.fail_dead_trials`)."""
+    study_store.fail_dead_trials(study)
 
 
 def fail_leftovers(study: optuna.Study) -> None:
     # This worker holds the job's lease, so a trial still RUNNING was left by a worker that
     # died: it failed through no fault of its parameters and is run again.
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_user_attr(t._trial_id, ERROR_ATTR, "its worker died")
-        study._storage.set_trial_user_attr(t._trial_id, INFRA_FAILURE_KEY, True)
-        study.tell(t.number, state=TrialState.FAIL)
-        logger.warning("trial %d of %s was left running; marked failed", t.number,
-                       study.study_name)
+    study_store.fail_running_trials(study, "its worker died")
+
 
 def job_outcome(study: optuna.Study, *, n_trials: int, timed_out: bool) -> JobOutcome:
     trials = [t for t in study.get_trials(deepcopy=False) if _counts(t)]
