@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from edgetune.devices import MeasureConfig
 from edgetune.errors import TrialFailed, TrialPruned
 from edgetune.search.study import OutcomeState, ResolvedJob, TrialOutcome, run_trial
+from edgetune.settings import DataLayout
 from edgetune.spaces import ParamValue
 from edgetune.spec import LOCAL_DEVICE, ConstraintSpec, JobSpec
 
@@ -51,7 +52,7 @@ class TrialTask:
     trial_id: int
     number: int
     params: dict[str, ParamValue]
-    artifact_dir: str
+    layout: DataLayout
     latency: MeasureConfig
     probe_timeout_s: float  # how long a registered device may take to measure
 
@@ -93,14 +94,14 @@ def _exit_with_worker(conn: Any) -> None:
 def _run(task: TrialTask) -> TrialOutcome:
     job = task.job
     return train_and_measure(
-        job.spec, task.params, artifact_dir=Path(task.artifact_dir), study_name=job.study_name,
+        job.spec, task.params, layout=task.layout, study_name=job.study_name,
         latency=task.latency, report=_reporter(task), storage_url=task.storage_url,
         probe_timeout_s=task.probe_timeout_s, tenant=job.tenant,
     )
 
 
 def train_and_measure(
-    spec: JobSpec, params: dict[str, ParamValue], *, artifact_dir: Path, study_name: str,
+    spec: JobSpec, params: dict[str, ParamValue], *, layout: DataLayout, study_name: str,
     latency: MeasureConfig, report: Report, storage_url: str, probe_timeout_s: float,
     tenant: str, checkpoint_dir: Path | None = None,
 ) -> TrialOutcome:
@@ -113,11 +114,9 @@ def train_and_measure(
     trainer_spec = spec.trainer.model_copy(
         update={"seed": spec.trainer.seed if spec.trainer.seed is not None else (spec.seed or 0)}
     )
-    # The server's data directory (datasets, teacher models): artifacts live in its
-    # `artifacts/` (`Settings.artifact_dir`).
-    data_dir = artifact_dir.parent
+    artifact_dir = layout.artifacts
     trainer = get_trainer_class(trainer_spec.name)(
-        trainer_spec, data_dir=data_dir, cache_dir=data_dir / "cache" / study_name
+        trainer_spec, data_dir=layout.root, cache_dir=layout.cache(study_name)
     )
     history: list[float] = []
 

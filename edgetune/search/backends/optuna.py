@@ -30,6 +30,7 @@ from edgetune.search.trial_process import (
     run_trial_process,
     warm_up,
 )
+from edgetune.settings import DataLayout
 from edgetune.spaces import Param, ParamValue
 from edgetune.spec import JobSpec
 from edgetune.storage import Job, JobStatus, optuna_storage, study_store
@@ -66,7 +67,8 @@ class OptunaBackend:
         self,
         *,
         storage_url: str,
-        artifact_dir: str,
+        artifact_dir: str | None = None,
+        layout: DataLayout | None = None,
         latency: MeasureConfig,
         poll_interval_s: float = 0.5,
         heartbeat_interval_s: float = 5.0,
@@ -76,7 +78,10 @@ class OptunaBackend:
     ) -> None:
         self.probe_timeout_s = probe_timeout_s
         self.storage_url = storage_url
-        self.artifact_dir = artifact_dir
+        if layout is None and artifact_dir is None:
+            raise ValueError("give the data directory's `layout` (or its `artifact_dir`)")
+        #: The data directory: artifacts, datasets, teacher models, caches.
+        self.layout = layout or DataLayout.of_artifacts(str(artifact_dir))
         self.latency = latency
         self.poll_interval_s = poll_interval_s
         self.heartbeat_interval_s = heartbeat_interval_s
@@ -198,7 +203,7 @@ class OptunaBackend:
             trial_id=trial_id,
             number=number,
             params=params,
-            artifact_dir=self.artifact_dir,
+            layout=self.layout,
             latency=self.latency,
             probe_timeout_s=self.probe_timeout_s,
         )

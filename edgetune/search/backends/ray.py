@@ -40,6 +40,7 @@ from edgetune.search.study import (
     TrialOutcome,
     run_trial,
 )
+from edgetune.settings import DataLayout
 from edgetune.spaces import ParamValue
 from edgetune.spec import JobSpec
 from edgetune.storage import Job, JobStatus, utcnow
@@ -55,7 +56,7 @@ class RayTrialTask:
     """What every trial of one job needs; plain data, shipped once to Ray's workers."""
 
     job: ResolvedJob
-    artifact_dir: str
+    layout: DataLayout
     latency: MeasureConfig
     #: Save the trainer's checkpoint with every report (schedulers that pause or clone trials).
     checkpoints: bool
@@ -100,7 +101,7 @@ def run_ray_trial(config: dict[str, Any], task: RayTrialTask) -> None:
                 tune.report(values)
 
         outcome = run_trial(lambda: train_and_measure(
-            spec, params, artifact_dir=Path(task.artifact_dir), study_name=task.job.study_name,
+            spec, params, layout=task.layout, study_name=task.job.study_name,
             latency=task.latency, report=report, storage_url=task.storage_url,
             probe_timeout_s=task.probe_timeout_s, tenant=task.job.tenant,
             checkpoint_dir=checkpoint_dir if task.checkpoints else None,
@@ -117,7 +118,8 @@ class RayBackend:
         self,
         *,
         storage_url: str,
-        artifact_dir: str,
+        artifact_dir: str | None = None,
+        layout: DataLayout | None = None,
         latency: MeasureConfig,
         ray_address: str | None = None,
         heartbeat_interval_s: float = 5.0,
@@ -126,7 +128,10 @@ class RayBackend:
     ) -> None:
         self.storage_url = storage_url
         self.probe_timeout_s = probe_timeout_s
-        self.artifact_dir = artifact_dir
+        if layout is None and artifact_dir is None:
+            raise ValueError("give the data directory's `layout` (or its `artifact_dir`)")
+        #: The data directory: artifacts, datasets, teacher models, caches.
+        self.layout = layout or DataLayout.of_artifacts(str(artifact_dir))
         self.latency = latency
         self.ray_address = ray_address
         self.heartbeat_interval_s = heartbeat_interval_s
@@ -165,7 +170,7 @@ class RayBackend:
         if spec.seed is not None:
             random.seed(spec.seed)  # PBT draws its perturbations from `random`
         task = RayTrialTask(
-            job=study.job, artifact_dir=self.artifact_dir, latency=self.latency,
+            job=study.job, layout=self.layout, latency=self.latency,
             checkpoints=spec.algorithm.pruner in ("hyperband", "pbt"),
             storage_url=self.storage_url, probe_timeout_s=self.probe_timeout_s,
         )
@@ -196,7 +201,7 @@ class RayBackend:
                 reuse_actors=self.reuse_actors,
             ),
             run_config=tune.RunConfig(
-                name=job.study_name, storage_path=str(Path(self.artifact_dir).parent / "ray"),
+                name=job.study_name, storage_path=str(self.layout.ray),
                 stop=stopper, verbose=0, log_to_file=False, callbacks=[StudyCallback(trials)],
                 failure_config=tune.FailureConfig(max_failures=0),
                 # PBT clones the checkpoints of top trials, which must outlive a few epochs.
