@@ -138,9 +138,13 @@ class Budget:
         # burn its whole budget: stop asking once the first few all failed.
         return self.succeeded == 0 and self.counted >= MAX_INITIAL_FAILURES
 
+    @property
+    def spent(self) -> bool:
+        """No trial may start any more: all are asked, or the first ones all failed."""
+        return self.hopeless or self.counted + self.running >= self.n_trials
+
     def may_ask(self) -> bool:
-        return (not self.hopeless and self.running < self.parallelism
-                and self.counted + self.running < self.n_trials)
+        return not self.spent and self.running < self.parallelism
 
     def why_not(self) -> str:
         """Why `may_ask` is False, for a client that asked."""

@@ -317,7 +317,8 @@ def claim_point(
     """Store `choose(taken)` as the trial's system attribute `key`, atomically across threads
     and processes: under a lock on the study, `taken` holds the values of `key` on every trial
     that holds or used up its point (running, waiting, complete, pruned, or failed on its
-    parameters; an infrastructure failure frees its point)."""
+    parameters; an infrastructure failure frees its point). Never call it under the job's
+    lock: on SQLite both are the database's one lock file."""
     from optuna.trial import TrialState
 
     rdb = _rdb(study)

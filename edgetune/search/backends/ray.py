@@ -24,7 +24,6 @@ from typing import Any
 
 import optuna
 import ray
-from optuna.trial import TrialState
 from ray import tune
 from ray.tune.search import Searcher
 
@@ -164,7 +163,7 @@ class RayBackend:
         pruner = PRUNERS[spec.algorithm.pruner]
         assert pruner.ray is not None  # validation admits ray-backend schedulers only
         scheduler = pruner.ray(AlgorithmContext(spec, study.space))
-        trials = StudyTrials(study, n_trials=n_trials - finished)
+        trials = StudyTrials(study)
         stopper = _ControlStopper(control, self.heartbeat_interval_s, study.job.deadline)
         metric, mode = _scheduler_metric(spec)
         if spec.seed is not None:
@@ -292,21 +291,15 @@ class StudyTrials:
     the budget is counted here rather than under the job's lock.
     """
 
-    def __init__(self, study: JobStudy, *, n_trials: int) -> None:
+    def __init__(self, study: JobStudy) -> None:
         self.study = study
-        self.remaining = n_trials
         self.asked: dict[int, optuna.Trial] = {}
-        self.ended = 0
-        self.succeeded = 0
         self.reported = study.job.trainer_class().progress_metrics
         self.metric, _ = _scheduler_metric(study.spec)
 
     @property
     def exhausted(self) -> bool:
-        from edgetune.search.study import MAX_INITIAL_FAILURES
-
-        hopeless = self.succeeded == 0 and self.ended >= MAX_INITIAL_FAILURES
-        return self.remaining <= 0 or hopeless
+        return self.study.budget().spent
 
     def ask(self) -> dict[str, Any]:
         """A new trial of the study: the config Ray starts it with."""
@@ -314,7 +307,6 @@ class StudyTrials:
 
         asked = self.study.sample(study_store.create_trial(self.study.study))
         self.asked[asked.number] = asked.trial
-        self.remaining -= 1
         logger.info("study %s: trial %d asked for Ray with %s", self.study.job.study_name,
                     asked.number, asked.params)
         return {"number": asked.number, "params": asked.params}
@@ -344,8 +336,6 @@ class StudyTrials:
                 metrics={k: v for k, v in last.items() if k in self.reported},
                 user_attrs={"pruned_at_epoch": last.get("epoch")})
         state = self.study.tell(_id(trial), outcome)
-        self.ended += 1
-        self.succeeded += state != TrialState.FAIL
         logger.info("study %s: trial %d %s", self.study.job.study_name, number,
                     state.name.lower())
 
