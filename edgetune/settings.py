@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -20,6 +21,56 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+@dataclass(frozen=True)
+class DataLayout:
+    """Where everything lives in the server's data directory; the one place that knows."""
+
+    root: Path
+
+    @classmethod
+    def of_artifacts(cls, artifact_dir: str | Path) -> DataLayout:
+        """The layout whose `artifacts` is `artifact_dir`, for a caller given only that."""
+        path = Path(artifact_dir)
+        if path.name != "artifacts":
+            raise ValueError(f"artifact_dir is {str(path)!r}, but must be a data directory's "
+                             "`artifacts` folder; pass `layout=Settings().layout` instead")
+        return cls(path.parent)
+
+    @property
+    def database(self) -> Path:
+        """The SQLite file, when no database URL is set."""
+        return self.root / "edgetune.db"
+
+    @property
+    def artifacts(self) -> Path:
+        """Exported models, content-addressed (`storage.artifacts`)."""
+        return self.root / "artifacts"
+
+    @property
+    def datasets(self) -> Path:
+        """Dataset files a spec names (`trainers.datasets`)."""
+        return self.root / "datasets"
+
+    @property
+    def models(self) -> Path:
+        """Teacher models a spec names (`trainers`)."""
+        return self.root / "models"
+
+    @property
+    def token(self) -> Path:
+        """The token a development server writes for the SDK and the CLI."""
+        return self.root / "token"
+
+    @property
+    def ray(self) -> Path:
+        """Ray Tune's experiment folders."""
+        return self.root / "ray"
+
+    def cache(self, study_name: str) -> Path:
+        """A trainer's cache for one job (`Trainer.cache_dir`)."""
+        return self.root / "cache" / study_name
 
 
 class PoolSettings(BaseSettings):
@@ -236,16 +287,21 @@ class Settings(PoolSettings):
         return self.data_dir.expanduser().resolve()
 
     @property
+    def layout(self) -> DataLayout:
+        """The data directory's layout: artifacts, datasets, models, token..."""
+        return DataLayout(self.resolved_data_dir)
+
+    @property
     def url(self) -> str:
         if self.database_url:
             return self.database_url
-        return f"sqlite:///{self.resolved_data_dir / 'edgetune.db'}"
+        return f"sqlite:///{self.layout.database}"
 
     @property
     def token_file(self) -> Path:
         """Where a development server writes the token the SDK and CLI pick up."""
-        return self.resolved_data_dir / "token"
+        return self.layout.token
 
     @property
     def artifact_dir(self) -> Path:
-        return self.resolved_data_dir / "artifacts"
+        return self.layout.artifacts

@@ -10,7 +10,6 @@ from the start: a client that goes silent has its trial failed and asked again.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -21,25 +20,12 @@ from typing import Any, Literal
 
 import optuna
 from optuna.trial import TrialState
-from sqlalchemy import text
 
 from edgetune.errors import ConflictError, NotFoundError
-from edgetune.search.backends.optuna import (
-    BudgetState,
-    TrialRef,
-    fail_dead_trials,
-    job_outcome,
-    load_job_study,
-    new_trial_id,
-    sampled_trial,
-    tell_result,
-    trial_budget,
-)
 from edgetune.search.schedulers import report_progress
-from edgetune.search.space import suggest
-from edgetune.spaces import Param, resolve_space
+from edgetune.search.study import JobStudy, OutcomeState, TrialOutcome
 from edgetune.spec import JobSpec
-from edgetune.storage import Job, JobRepository, JobStatus, optuna_storage
+from edgetune.storage import Job, JobRepository, JobStatus, optuna_storage, study_store
 from edgetune.storage.locks import job_lock
 
 logger = logging.getLogger(__name__)
@@ -59,13 +45,14 @@ class AskedTrial:
 
 @dataclass
 class _JobStudy:
-    spec: JobSpec
-    space: list[Param]
-    study: optuna.Study
+    study: JobStudy
     storage: optuna.storages.RDBStorage
-    n_trials: int
     lock: threading.Lock = field(default_factory=threading.Lock)
     reaped_at: float = 0.0
+
+    @property
+    def spec(self) -> JobSpec:
+        return self.study.spec
 
 
 class AskTellStudies:
@@ -89,38 +76,35 @@ class AskTellStudies:
         # object per job here.
         with js.lock:
             with job_lock(js.storage.engine, job.id):
-                trial_id = self._client_trial_id(js, client_id)
+                trial_id = study_store.running_trial_with_attr(js.study.study, CLIENT_KEY,
+                                                               client_id)
                 resumed = trial_id is not None
                 if trial_id is not None:
-                    js.storage.record_heartbeat(trial_id)
+                    js.study.heartbeat(trial_id)
                 else:
                     if time.monotonic() - js.reaped_at >= self.heartbeat_s:
-                        fail_dead_trials(js.study, js.storage)
+                        js.study.reap_dead()
                         js.reaped_at = time.monotonic()
-                    used = BudgetState.of(js.study, js.storage)
-                    if not used.may_ask(js.n_trials, js.spec.budget.parallelism):
-                        raise ConflictError(_why_not(used, js))
-                    trial_id = new_trial_id(js.study, js.storage)
-                    js.storage.set_trial_system_attr(trial_id, CLIENT_KEY, client_id)
-            trial = sampled_trial(js.study, trial_id)
-            params = suggest(trial, js.space)
-        fixed = {k: v for k, v in params.items() if k not in trial.params}
-        if fixed and not resumed:
-            trial.set_user_attr("fixed_params", fixed)
-        return AskedTrial(number=trial.number, params=params, resumed=resumed)
+                    trial_id = js.study.new_trial()
+                    if trial_id is None:
+                        raise ConflictError(js.study.budget().why_not())
+                    study_store.set_system_attr(js.study.study, trial_id, CLIENT_KEY, client_id)
+            asked = js.study.sample(trial_id, note_fixed=not resumed)
+        return AskedTrial(number=asked.number, params=asked.params, resumed=resumed)
 
     def report(self, job: Job, number: int, step: int, values: Mapping[str, float]) -> bool:
         """Record a running trial's progress; True when the job's pruner says stop it."""
         js = self._study(job)
-        trial_id = self._running_trial_id(js, job, number)
-        js.storage.record_heartbeat(trial_id)
+        trial_id = self._running_id(js, job, number)
+        js.study.heartbeat(trial_id)
+        study = js.study.study
         if js.spec.algorithm.pruner == "none":
             # The names are checked all the same: a 422 for one that is no objective's.
             js.spec.objective_values(values, every=False)
             if len(js.spec.objectives) == 1:  # kept for the learning curves all the same
-                optuna.Trial(js.study, trial_id).report(_ordered(js.spec, values)[0], step)
+                optuna.Trial(study, trial_id).report(_ordered(js.spec, values)[0], step)
             return False
-        return report_progress(js.study, trial_id, step, _ordered(js.spec, values))
+        return report_progress(study, trial_id, step, _ordered(js.spec, values))
 
     def tell(
         self, job: Job, number: int, state: Literal["complete", "pruned", "failed"],
@@ -129,12 +113,12 @@ class AskTellStudies:
         """Finish a trial (telling a finished one again changes nothing) and end the job once
         its budget is spent and no trial runs."""
         js = self._study(job)
-        trial_id = self._trial_id(js, job, number)
+        trial_id = self._id_of(js, job, number)
         # By objective key (a plain metric name will do); every objective when complete, or
         # a 422 before anything is stored.
         values = js.spec.objective_values(values, every=state == "complete")
-        result = {"state": state, "metrics": {**metrics, **values}, "error": error}
-        ended = tell_result(js.study, TrialRef(trial_id, number), js.spec.metric_names, result)
+        outcome = TrialOutcome(OutcomeState(state), metrics={**metrics, **values}, error=error)
+        ended = js.study.tell(trial_id, outcome)
         self._end_job_if_done(js, job)
         return ended
 
@@ -147,11 +131,8 @@ class AskTellStudies:
             if js is not None:
                 self._studies.move_to_end(job.id)
                 return js
-        spec = JobSpec.model_validate_json(job.spec)
-        space = resolve_space(spec.space.name, spec.space.params)
         storage = optuna_storage(self.jobs.db.url, heartbeat_s=self.heartbeat_s)
-        js = _JobStudy(spec=spec, space=space, study=load_job_study(job, spec, space, storage),
-                       storage=storage, n_trials=trial_budget(spec, space))
+        js = _JobStudy(study=JobStudy.load(job, storage), storage=storage)
         with self._lock:
             js = self._studies.setdefault(job.id, js)
             while len(self._studies) > self.max_jobs:
@@ -159,38 +140,24 @@ class AskTellStudies:
         return js
 
     @staticmethod
-    def _client_trial_id(js: _JobStudy, client_id: str) -> int | None:
-        # In SQL, not through `study.get_trials`, which rebuilds every running trial: this runs
-        # under the job's lock (see `BudgetState.of`).
-        with js.storage.engine.connect() as conn:
-            return conn.execute(
-                text("SELECT t.trial_id FROM trials t JOIN trial_system_attributes a "
-                     "ON a.trial_id = t.trial_id WHERE t.study_id = :study "
-                     "AND t.state = 'RUNNING' AND a.key = :key AND a.value_json = :value "
-                     "ORDER BY t.trial_id LIMIT 1"),
-                {"study": js.study._study_id, "key": CLIENT_KEY,
-                 "value": json.dumps(client_id)},
-            ).scalar()
-
-    @staticmethod
-    def _trial_id(js: _JobStudy, job: Job, number: int) -> int:
+    def _id_of(js: _JobStudy, job: Job, number: int) -> int:
         try:
-            return js.storage.get_trial_id_from_study_id_trial_number(js.study._study_id, number)
+            return study_store.trial_id_of_number(js.study.study, number)
         except KeyError as e:
             raise NotFoundError(f"job {job.id!r} has no trial {number}") from e
 
-    def _running_trial_id(self, js: _JobStudy, job: Job, number: int) -> int:
-        trial_id = self._trial_id(js, job, number)
-        current = js.storage.get_trial(trial_id).state
+    def _running_id(self, js: _JobStudy, job: Job, number: int) -> int:
+        trial_id = self._id_of(js, job, number)
+        current = study_store.trial_state(js.study.study, trial_id)
         if current != TrialState.RUNNING:
             raise ConflictError(f"trial {number} of job {job.id!r} is {current.name.lower()}")
         return trial_id
 
     def _end_job_if_done(self, js: _JobStudy, job: Job) -> None:
-        used = BudgetState.of(js.study, js.storage)
-        if used.running or used.may_ask(js.n_trials, js.spec.budget.parallelism):
+        used = js.study.budget()
+        if used.running or used.may_ask():
             return
-        outcome = job_outcome(js.study, n_trials=js.n_trials, timed_out=False)
+        outcome = js.study.outcome(timed_out=False)
         assert outcome.status is not None
         self.jobs.finish(job.id, OWNER, outcome.status, outcome.error)
         with self._lock:
@@ -201,13 +168,3 @@ class AskTellStudies:
 def _ordered(spec: JobSpec, values: Mapping[str, float]) -> list[float]:
     """The objectives' values in the job's order; a 422 naming what is missing or unknown."""
     return [float(v) for v in spec.objective_values(values).values()]
-
-
-def _why_not(used: BudgetState, js: _JobStudy) -> str:
-    if used.running >= js.spec.budget.parallelism:
-        return (f"the job runs {used.running} trials, its parallelism; ask again when one "
-                "has been told")
-    if used.counted + used.running >= js.n_trials:
-        return (f"the job has asked all of its {js.n_trials} trials; {used.running} still "
-                "run")
-    return "the job's first trials all failed; it asks no more"

@@ -11,7 +11,6 @@ import logging
 import os
 import select
 import threading
-import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from edgetune.devices import MeasureConfig
 from edgetune.errors import TrialFailed, TrialPruned
+from edgetune.search.study import OutcomeState, ResolvedJob, TrialOutcome, run_trial
+from edgetune.settings import DataLayout
 from edgetune.spaces import ParamValue
 from edgetune.spec import LOCAL_DEVICE, ConstraintSpec, JobSpec
 
@@ -42,37 +43,24 @@ PRELOAD = [
 
 @dataclass(frozen=True)
 class TrialTask:
-    """Everything a child needs; plain data, so it crosses the process boundary as is."""
+    """Everything a child needs; plain data, so it crosses the process boundary as is. The job
+    comes resolved (spec parsed, space resolved): the child neither validates it again nor
+    loads the study, unless a pruner needs the trial's progress."""
 
+    job: ResolvedJob
     storage_url: str
-    study_name: str
     trial_id: int
     number: int
     params: dict[str, ParamValue]
-    spec_json: str
-    artifact_dir: str
-    report_to_pruner: bool
+    layout: DataLayout
     latency: MeasureConfig
     probe_timeout_s: float  # how long a registered device may take to measure
-    tenant: str  # the job's: whose devices measure it
 
 
 def run_trial_process(task: TrialTask, conn: Any) -> None:
-    """The child's entry point: sends one result dict through `conn`, whatever happens."""
+    """The child's entry point: sends one `TrialOutcome` through `conn`, whatever happens."""
     _exit_with_worker(conn)
-    try:
-        result = _run(task)
-    except TrialPruned as e:
-        result = {"state": "pruned", "error": None, **e.args[0]}
-    except TrialFailed as e:
-        result = {"state": "failed", "error": str(e)}
-    except Exception as e:
-        result = {
-            "state": "failed",
-            "error": f"{type(e).__name__}: {e}",
-            "traceback": traceback.format_exc(limit=20),
-        }
-    conn.send(result)
+    conn.send(run_trial(lambda: _run(task)))
     conn.close()
 
 
@@ -103,34 +91,32 @@ def _exit_with_worker(conn: Any) -> None:
     threading.Thread(target=watch, name="worker-watch", daemon=True).start()
 
 
-def _run(task: TrialTask) -> dict[str, Any]:
-    spec = JobSpec.model_validate_json(task.spec_json)
-    report = _reporter(task, spec)
+def _run(task: TrialTask) -> TrialOutcome:
+    job = task.job
     return train_and_measure(
-        spec, task.params, artifact_dir=Path(task.artifact_dir), study_name=task.study_name,
-        latency=task.latency, report=report, storage_url=task.storage_url,
-        probe_timeout_s=task.probe_timeout_s, tenant=task.tenant,
+        job.spec, task.params, layout=task.layout, study_name=job.study_name,
+        latency=task.latency, report=_reporter(task), storage_url=task.storage_url,
+        probe_timeout_s=task.probe_timeout_s, tenant=job.tenant,
     )
 
 
 def train_and_measure(
-    spec: JobSpec, params: dict[str, ParamValue], *, artifact_dir: Path, study_name: str,
+    spec: JobSpec, params: dict[str, ParamValue], *, layout: DataLayout, study_name: str,
     latency: MeasureConfig, report: Report, storage_url: str, probe_timeout_s: float,
     tenant: str, checkpoint_dir: Path | None = None,
-) -> dict[str, Any]:
+) -> TrialOutcome:
     """Train one candidate, export it and measure it on the job's devices; any backend's
-    trial runs this. Returns the result a backend tells the study (state, metrics, attrs)."""
+    trial runs this. Returns the outcome a backend tells the study; raises `TrialPruned` or
+    `TrialFailed` (see `run_trial`)."""
     from edgetune.search.device_latency import LatencyUnavailable, measure_on_devices
     from edgetune.trainers import get_trainer_class
 
     trainer_spec = spec.trainer.model_copy(
         update={"seed": spec.trainer.seed if spec.trainer.seed is not None else (spec.seed or 0)}
     )
-    # The server's data directory (datasets, teacher models): artifacts live in its
-    # `artifacts/` (`Settings.artifact_dir`).
-    data_dir = artifact_dir.parent
+    artifact_dir = layout.artifacts
     trainer = get_trainer_class(trainer_spec.name)(
-        trainer_spec, data_dir=data_dir, cache_dir=data_dir / "cache" / study_name
+        trainer_spec, data_dir=layout.root, cache_dir=layout.cache(study_name)
     )
     history: list[float] = []
 
@@ -150,7 +136,7 @@ def train_and_measure(
                            tenant=tenant)
     fit = trainer.fit(params, report=recording, checkpoint_dir=checkpoint_dir)
     if fit.model is None:  # nothing to export: the trainer measured every metric itself
-        return {"state": "complete", "metrics": dict(fit.metrics), "user_attrs": {}}
+        return TrialOutcome(OutcomeState.COMPLETE, metrics=dict(fit.metrics))
     artifact, metrics, attrs = export_fit(fit, artifact_dir)
     if history:
         attrs["val_accuracy_history"] = history
@@ -165,7 +151,7 @@ def train_and_measure(
     for device, result in measured.items():
         metrics[f"latency_ms@{device}"] = float(result["p50_ms"])
         attrs[f"latency@{device}"] = result
-    return {"state": "complete", "metrics": metrics, "user_attrs": attrs}
+    return TrialOutcome(OutcomeState.COMPLETE, metrics=metrics, user_attrs=attrs)
 
 
 def _prune_if_too_slow(
@@ -244,33 +230,18 @@ def export_fit(
     return artifact, metrics, attrs
 
 
-def _reporter(task: TrialTask, spec: JobSpec) -> Report:
+def _reporter(task: TrialTask) -> Report:
     """What `report` does in a trial of the optuna backend: nothing without a pruner; with one,
     hand the epoch's progress to it through the study and raise `TrialPruned` when it says
     stop. One objective goes through Optuna's `Trial.report`; several (mo-asha) through the
     vectors `report_values` stores, since Optuna refuses intermediate values for them."""
-    if not task.report_to_pruner:
+    if task.job.spec.algorithm.pruner == "none":
         return lambda epoch, metrics: None
 
-    import optuna
-
-    from edgetune.search.registry import PRUNERS, AlgorithmContext, progress_metric
     from edgetune.search.schedulers import report_progress
-    from edgetune.spaces import resolve_space
-    from edgetune.storage import optuna_storage
-    from edgetune.trainers import get_trainer_class
 
-    build = PRUNERS[spec.algorithm.pruner].optuna
-    assert build is not None  # validation admits optuna-backend pruners only
-    pruner = build(AlgorithmContext(spec, resolve_space(spec.space.name, spec.space.params)))
-    study = optuna.load_study(
-        study_name=task.study_name,
-        storage=optuna_storage(task.storage_url),
-        sampler=optuna.samplers.RandomSampler(),  # params are already sampled
-        pruner=pruner,
-    )
-    reported = get_trainer_class(spec.trainer.name).progress_metrics
-    keys = [progress_metric(o.name, reported) for o in spec.objectives]
+    study = task.job.load_study(task.storage_url, sampler=False)  # params are sampled already
+    keys = task.job.progress_keys()
 
     def report(epoch: int, metrics: Mapping[str, float]) -> None:
         values = [float(metrics[k]) for k in keys if k is not None]

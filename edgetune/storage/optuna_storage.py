@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from edgetune.storage.db import engine_kwargs, normalize_url
+from edgetune.storage.study_store import params_in_one_write
 
 if TYPE_CHECKING:
     import optuna
 
     from edgetune.spec import JobSpec
+
+__all__ = ["JOB_ID_ATTR", "create_job_study", "delete_study", "optuna_storage",
+           "params_in_one_write", "upgrade_optuna_tables"]
 
 JOB_ID_ATTR = "edgetune:job_id"
 
@@ -86,72 +88,3 @@ def delete_study(url: str, study_name: str) -> None:
     import optuna
 
     optuna.delete_study(study_name=study_name, storage=optuna_storage(url))
-
-
-@contextlib.contextmanager
-def params_in_one_write(trial: optuna.Trial) -> Iterator[None]:
-    """Sample `trial` in the block, and store the parameters it suggests in one transaction
-    at the end, rather than one each: Optuna writes every `suggest_*` on its own (a trial
-    lookup, an insert and a commit), which for a trial of 8 parameters on PostgreSQL is
-    most of an ask. The rows (`TrialParamModel`), the checks (the trial still running, each
-    distribution compatible with the study's) and the cache of the study's distributions are
-    those of `_CachedStorage.set_trial_param` and `RDBStorage._set_trial_param_without_commit`;
-    only the trial is looked up once and committed once. Nothing is stored if the block
-    raises. A trial on another kind of storage is written as usual."""
-    from optuna.storages import RDBStorage
-    from optuna.storages._cached_storage import _CachedStorage
-
-    cached = getattr(trial, "storage", None)  # a FixedTrial has none
-    if not (isinstance(cached, _CachedStorage) and isinstance(cached._backend, RDBStorage)):
-        yield
-        return
-    buffer = _ParamBuffer(cached)
-    trial.storage = buffer  # type: ignore[assignment]  # what `Trial._suggest` writes through
-    try:
-        yield
-    finally:
-        trial.storage = cached
-    buffer.write(trial._trial_id)
-
-
-class _ParamBuffer:
-    """Stands in for a trial's storage while it is sampled: keeps `set_trial_param` calls and
-    hands every other call to the storage."""
-
-    def __init__(self, cached: Any) -> None:
-        self._cached = cached
-        self.params: list[tuple[str, float, Any]] = []
-
-    def set_trial_param(self, trial_id: int, name: str, value: float, distribution: Any,
-                        ) -> None:
-        self.params.append((name, value, distribution))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._cached, name)
-
-    def write(self, trial_id: int) -> None:
-        if not self.params:
-            return
-        from optuna.distributions import check_distribution_compatibility, distribution_to_json
-        from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import _create_scoped_session
-
-        cached, backend = self._cached, self._cached._backend
-        with cached._lock:  # as `_CachedStorage.set_trial_param` holds it, and looks up
-            study_id, _ = cached._trial_id_to_study_id_and_number[trial_id]
-            known = cached._studies[study_id].param_distribution
-            with _create_scoped_session(backend.scoped_session, True) as session:
-                trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
-                backend.check_trial_is_updatable(trial_id, trial.state)
-                for name, value, distribution in self.params:
-                    previous = known.get(name)
-                    if previous is None:  # the study's first use of it in this process
-                        backend._set_trial_param_without_commit(
-                            session, trial_id, name, value, distribution)
-                        continue
-                    check_distribution_compatibility(previous, distribution)
-                    session.add(models.TrialParamModel(
-                        trial_id=trial_id, param_name=name, param_value=value,
-                        distribution_json=distribution_to_json(distribution)))
-            for name, _, distribution in self.params:
-                known.setdefault(name, distribution)

@@ -31,8 +31,9 @@ from edgetune.search import validate_job_spec
 from edgetune.search.events import JobEventHub, StreamLimitReached
 from edgetune.search.front import trial_metrics
 from edgetune.spec import LOCAL_DEVICE, JobSpec
-from edgetune.storage import Database, DeviceRepository, Job, optuna_storage
+from edgetune.storage import Database, DeviceRepository, Job
 from edgetune.storage.artifacts import artifact_path
+from edgetune.storage.study_store import trial_of_study, trials_page
 from edgetune.storage.trials import trial_state_counts
 
 from ..deps import DatabaseDep, FrontDep, JobsDep, SettingsDep, UserDep
@@ -125,12 +126,13 @@ def list_trials(
 ) -> TrialsPublic:
     """The job's trials by number."""
     job = jobs.get(job_id, tenant=caller.tenant)
-    trials = _trials(db, job)
-    if state is not None:
-        trials = [t for t in trials if t.state.name.lower() == state]
+    try:
+        page, count = trials_page(db.url, job.study_name, state=state, offset=offset,
+                                  limit=limit)
+    except KeyError as e:  # deleted outside edgetune (optuna-dashboard, `optuna delete-study`)
+        raise NotFoundError(f"the study of job {job.id!r} no longer exists") from e
     spec = JobSpec.model_validate_json(job.spec)
-    page = trials[offset : offset + limit]
-    return TrialsPublic(data=[_trial_public(t, spec) for t in page], count=len(trials))
+    return TrialsPublic(data=[_trial_public(t, spec) for t in page], count=count)
 
 
 @router.get("/{job_id}/trials/{number}", response_model=TrialPublic, responses=_ERRORS)
@@ -302,24 +304,11 @@ def known_devices(db: Database, spec: JobSpec, tenant: str) -> set[str]:
     return {LOCAL_DEVICE, *registered}
 
 
-def _study_id(db: Database, job: Job) -> int:
-    try:
-        return optuna_storage(db.url).get_study_id_from_name(job.study_name)
-    except KeyError as e:  # deleted outside edgetune (optuna-dashboard, `optuna delete-study`)
-        raise NotFoundError(f"the study of job {job.id!r} no longer exists") from e
-
-
-def _trials(db: Database, job: Job) -> list[FrozenTrial]:
-    return optuna_storage(db.url).get_all_trials(_study_id(db, job), deepcopy=False)
-
-
 def _trial(db: Database, job: Job, number: int) -> FrozenTrial:
-    storage = optuna_storage(db.url)
     try:
-        trial_id = storage.get_trial_id_from_study_id_trial_number(_study_id(db, job), number)
-    except KeyError as e:
+        return trial_of_study(db.url, job.study_name, number)
+    except KeyError as e:  # the study deleted outside edgetune, or no such trial
         raise NotFoundError(f"job {job.id!r} has no trial {number}") from e
-    return storage.get_trial(trial_id)
 
 
 def _trial_public(t: FrozenTrial, spec: JobSpec) -> TrialPublic:

@@ -3,73 +3,48 @@
 from __future__ import annotations
 
 import logging
-import math
 import multiprocessing
 import signal
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import timedelta
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
-from typing import Any, Protocol
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.trial import TrialState
-from sqlalchemy import text
 
 from edgetune.devices import MeasureConfig
+from edgetune.errors import StorageError
 from edgetune.search.capacity import TrialSlots
-from edgetune.search.constraints import violations
 from edgetune.search.device_latency import PROBE_TIMEOUT_S
-from edgetune.search.registry import PRUNERS, SAMPLERS, AlgorithmContext
-from edgetune.search.samplers import TrialSeededSampler
-from edgetune.search.space import suggest
+from edgetune.search.study import (
+    JobControl,
+    JobOutcome,
+    JobStudy,
+    ResolvedJob,
+    TrialOutcome,
+)
 from edgetune.search.trial_process import (
     PRELOAD,
     TrialTask,
     run_trial_process,
     warm_up,
 )
-from edgetune.spaces import Param, resolve_space
+from edgetune.settings import DataLayout
+from edgetune.spaces import Param, ParamValue
 from edgetune.spec import JobSpec
-from edgetune.storage import Job, JobStatus, optuna_storage, utcnow
+from edgetune.storage import Job, JobStatus, optuna_storage, study_store
 from edgetune.storage.locks import job_lock
-from edgetune.storage.trials import INFRA_FAILURE_KEY
 
 logger = logging.getLogger(__name__)
 
-#: A job stops starting trials when this many have ended and every one of them failed.
-MAX_INITIAL_FAILURES = 5
-ERROR_ATTR = "error"
-
-
-class JobControl(Protocol):
-    """What the backend asks its worker between steps of a job."""
-
-    def heartbeat(self) -> bool:
-        """Renew the job's lease; False when another worker has taken the job over."""
-
-    def cancel_requested(self) -> bool:
-        """True once a user has asked to cancel the job."""
-
-    def should_stop(self) -> bool:
-        """True when the worker is shutting down and must hand the job back."""
-
-
-@dataclass(frozen=True)
-class JobOutcome:
-    """How a job's run ended; `status` None means it was handed back unfinished."""
-
-    status: JobStatus | None
-    error: str | None = None
+__all__ = ["JobControl", "JobOutcome", "OptunaBackend", "load_job_study", "trial_context"]
 
 
 @dataclass
 class _Running:
-    trial: optuna.Trial
+    trial_id: int
     process: BaseProcess
     conn: Connection
 
@@ -93,7 +68,8 @@ class OptunaBackend:
         self,
         *,
         storage_url: str,
-        artifact_dir: str,
+        artifact_dir: str | None = None,
+        layout: DataLayout | None = None,
         latency: MeasureConfig,
         poll_interval_s: float = 0.5,
         heartbeat_interval_s: float = 5.0,
@@ -104,7 +80,10 @@ class OptunaBackend:
     ) -> None:
         self.probe_timeout_s = probe_timeout_s
         self.storage_url = storage_url
-        self.artifact_dir = artifact_dir
+        if layout is None and artifact_dir is None:
+            raise ValueError("give the data directory's `layout` (or its `artifact_dir`)")
+        #: The data directory: artifacts, datasets, teacher models, caches.
+        self.layout = layout or DataLayout.of_artifacts(str(artifact_dir))
         self.latency = latency
         self.poll_interval_s = poll_interval_s
         self.heartbeat_interval_s = heartbeat_interval_s
@@ -132,15 +111,14 @@ class OptunaBackend:
 
     def run(self, job: Job, spec: JobSpec, control: JobControl) -> JobOutcome:
         self._warm_up()
-        space = resolve_space(spec.space.name, spec.space.params)
         storage = optuna_storage(self.storage_url,
                                  heartbeat_s=max(1, round(self.heartbeat_interval_s)))
-        study = load_job_study(job, spec, space, storage)
+        study = JobStudy.load(job, storage, spec=spec)
         with job_lock(storage.engine, job.id):
-            fail_dead_trials(study, storage)
+            study.reap_dead()
         running: dict[int, _Running] = {}
         try:
-            return self._run(job, spec, space, control, study, storage, running)
+            return self._run(study, storage, control, running)
         except BaseException:
             # Whatever broke (the database, a signal), no child may outlive this run and no
             # trial may stay RUNNING.
@@ -148,18 +126,11 @@ class OptunaBackend:
             raise
 
     def _run(
-        self, job: Job, spec: JobSpec, space: list[Param], control: JobControl,
-        study: optuna.Study, storage: optuna.storages.RDBStorage,
+        self, study: JobStudy, storage: optuna.storages.RDBStorage, control: JobControl,
         running: dict[int, _Running],
     ) -> JobOutcome:
-        budget = spec.budget
-        n_trials = trial_budget(spec, space)
-        slots = min(budget.parallelism, self.max_running or budget.parallelism)
-        deadline = (
-            job.started_at + timedelta(seconds=budget.timeout_s)
-            if budget.timeout_s and job.started_at else None
-        )
-        report_to_pruner = spec.algorithm.pruner != "none"
+        job = study.job
+        slots = min(job.spec.budget.parallelism, self.max_running or job.spec.budget.parallelism)
         last_heartbeat = time.monotonic()
 
         while True:
@@ -169,9 +140,9 @@ class OptunaBackend:
                     self._stop_all(study, running, "the job ended or went to another worker")
                     return JobOutcome(None, "lease lost")
                 for run in running.values():
-                    storage.record_heartbeat(run.trial._trial_id)
-                with job_lock(storage.engine, job.id):
-                    fail_dead_trials(study, storage)
+                    study.heartbeat(run.trial_id)
+                with job_lock(storage.engine, job.job_id):
+                    study.reap_dead()
             if control.cancel_requested():
                 self._stop_all(study, running, "the job was cancelled")
                 return JobOutcome(JobStatus.CANCELLED, "cancelled by request")
@@ -179,350 +150,122 @@ class OptunaBackend:
                 self._stop_all(study, running, "the worker stopped")
                 return JobOutcome(None, None)
 
-            timed_out = deadline is not None and utcnow() >= deadline
+            timed_out = job.timed_out()
+            ask_failed = False
             while not timed_out and len(running) < slots and (
                 self.trial_slots is None
-                or self.trial_slots.may_start(job.id, job.tenant, len(running))
+                or self.trial_slots.may_start(job.job_id, job.tenant, len(running))
             ):
-                with job_lock(storage.engine, job.id):
-                    if not BudgetState.of(study, storage).may_ask(n_trials, budget.parallelism):
-                        break
-                    trial_id = new_trial_id(study, storage)
                 try:
-                    trial = sampled_trial(study, trial_id)
-                    params = suggest(trial, space)
-                    fixed = {k: v for k, v in params.items() if k not in trial.params}
-                    if fixed:
-                        trial.set_user_attr("fixed_params", fixed)
-                    running[trial.number] = self._start(
-                        study, trial, params, spec, report_to_pruner, job.tenant
-                    )
+                    with job_lock(storage.engine, job.job_id):
+                        trial_id = study.new_trial()
+                except StorageError as e:
+                    # A busy or restarting database: the running trials go on, and the next
+                    # round asks again. The job fails only if the database stays away.
+                    logger.warning("job %s: could not ask for a trial (%s); trying again",
+                                   job.job_id, e)
+                    ask_failed = True
+                    break
+                if trial_id is None:
+                    break
+                try:
+                    asked = study.sample(trial_id)
+                    running[asked.number] = self._start(study, trial_id, asked.number,
+                                                        asked.params)
                 except UpdateFinishedTrialError:
                     # Another worker failed the trial as dead while this one was slow to start
                     # it (no heartbeat for the grace period): it runs again, as any other.
                     logger.warning("job %s: trial id %d was failed by another worker before it "
-                                   "started; asking for another", job.id, trial_id)
+                                   "started; asking for another", job.job_id, trial_id)
                     continue
-                logger.info("job %s: trial %d started with %s", job.id, trial.number, params)
+                logger.info("job %s: trial %d started with %s", job.job_id, asked.number,
+                            asked.params)
             if not running:
+                if ask_failed:  # hand the job back; it is claimed again once the database is
+                    return JobOutcome(None, None)  # back, by this worker or another
                 break
 
             ready = wait([r.conn for r in running.values()], timeout=self.poll_interval_s)
             for number, run in list(running.items()):
                 if run.conn in ready:
                     del running[number]
-                    result = _receive(run)
-                    state = tell_result(study, run.trial, spec.metric_names, result)
-                    logger.info("job %s: trial %d %s", job.id, number, state.name.lower())
+                    state = study.tell(run.trial_id, _receive(run))
+                    logger.info("job %s: trial %d %s", job.job_id, number, state.name.lower())
 
         # This worker has nothing left to run. The job has ended when no trial runs anywhere
         # and none may be asked; otherwise other workers (or this one, joining again) go on.
-        used = BudgetState.of(study, storage)
-        timed_out = deadline is not None and utcnow() >= deadline
-        if used.running == 0 and (timed_out or not used.may_ask(n_trials, budget.parallelism)):
-            return job_outcome(study, n_trials=n_trials, timed_out=timed_out)
-        return JobOutcome(None, None)
+        try:
+            done = study.is_done()
+        except StorageError as e:
+            logger.warning("job %s: could not read its budget (%s); handing it back",
+                           job.job_id, e)
+            return JobOutcome(None, None)
+        return study.outcome() if done else JobOutcome(None, None)
 
     # --- steps -----------------------------------------------------------------------------
-    def _start(
-        self, study: optuna.Study, trial: optuna.Trial, params: dict[str, Any], spec: JobSpec,
-        report_to_pruner: bool, tenant: str,
-    ) -> _Running:
+    def _start(self, study: JobStudy, trial_id: int, number: int,
+               params: dict[str, ParamValue]) -> _Running:
         task = TrialTask(
+            job=study.job,
             storage_url=self.storage_url,
-            study_name=study.study_name,
-            trial_id=trial._trial_id,
-            number=trial.number,
+            trial_id=trial_id,
+            number=number,
             params=params,
-            spec_json=spec.model_dump_json(),
-            artifact_dir=self.artifact_dir,
-            report_to_pruner=report_to_pruner,
+            layout=self.layout,
             latency=self.latency,
             probe_timeout_s=self.probe_timeout_s,
-            tenant=tenant,
         )
         receiver, sender = self.context.Pipe(duplex=False)
         process = self.context.Process(  # type: ignore[attr-defined]
-            target=run_trial_process, args=(task, sender), name=f"trial-{trial.number}",
+            target=run_trial_process, args=(task, sender), name=f"trial-{number}",
             daemon=True,
         )
         try:
             process.start()
         except BaseException as e:
-            tell_result(study, trial, [], {"state": "failed", "infra": True,
-                                         "error": f"could not start the trial's process: {e}"})
+            study.tell(trial_id, TrialOutcome.failed(
+                f"could not start the trial's process: {e}", infra=True))
             raise
         sender.close()  # the child holds the only sending end: EOF means it is gone
         try:
-            trial.set_user_attr("pid", process.pid)
-        except UpdateFinishedTrialError:
+            study_store.set_user_attr(study.study, trial_id, "pid", process.pid)
+        except (UpdateFinishedTrialError, StorageError):
             process.kill()
             process.join(timeout=10)
             receiver.close()
             raise
-        return _Running(trial=trial, process=process, conn=receiver)
+        return _Running(trial_id=trial_id, process=process, conn=receiver)
 
-    def _stop_all(self, study: optuna.Study, running: dict[int, _Running], reason: str) -> None:
+    def _stop_all(self, study: JobStudy, running: dict[int, _Running], reason: str) -> None:
         for run in running.values():
             run.process.kill()
-        for run in list(running.values()):
+        for number, run in list(running.items()):
             run.process.join(timeout=10)
             run.conn.close()
             try:
-                tell_result(study, run.trial, [],
-                           {"state": "failed", "error": reason, "infra": True})
+                study.tell(run.trial_id, TrialOutcome.failed(reason, infra=True))
             except Exception:
                 # The next owner of the job fails it as a leftover.
-                logger.exception("could not mark trial %d failed", run.trial.number)
+                logger.exception("could not mark trial %d failed", number)
         running.clear()
-
-@dataclass(frozen=True)
-class TrialRef:
-    """A trial by its storage id and number: enough to tell it, without building an
-    `optuna.Trial` (which reads the whole trial back and hands it to the sampler)."""
-
-    trial_id: int
-    number: int
-
-
-def tell_result(
-    study: optuna.Study, trial: optuna.Trial | TrialRef, metric_names: list[str],
-    result: Mapping[str, Any],
-) -> TrialState:
-    """Record the result on the trial and finish it; returns the state it ended in.
-
-    A trial that is already finished (another worker took the job over and failed it as
-    a leftover) is left as it is.
-    """
-    # `study.tell` takes the Trial itself, or a number (which it looks up).
-    trial_id, told = ((trial._trial_id, trial) if isinstance(trial, optuna.Trial)
-                      else (trial.trial_id, trial.number))
-    try:
-        return _record(study, trial_id, told, metric_names, result)
-    except (UpdateFinishedTrialError, ValueError) as e:
-        current = study._storage.get_trial(trial_id).state
-        if current.is_finished():
-            logger.warning("trial %d was already %s: %s", trial.number, current.name, e)
-            return current
-        raise
-
-
-def _record(
-    study: optuna.Study, trial_id: int, told: optuna.Trial | int, metric_names: list[str],
-    result: Mapping[str, Any],
-) -> TrialState:
-    # What `Trial.set_user_attr` does, for a `TrialRef` too.
-    def set_attr(key: str, value: Any) -> None:
-        study._storage.set_trial_user_attr(trial_id, key, value)
-
-    metrics = {k: float(v) for k, v in result.get("metrics", {}).items()}
-    for key, value in metrics.items():
-        set_attr(key, value)
-    for key, value in result.get("user_attrs", {}).items():
-        set_attr(key, value)
-    state = result["state"]
-    if state == "complete":
-        values = [metrics.get(key, math.nan) for key in metric_names]
-        missing = [k for k, v in zip(metric_names, values, strict=True)
-                   if not math.isfinite(v)]
-        if not missing:
-            study.tell(told, values)
-            return TrialState.COMPLETE
-        state, result = "failed", {"error": f"the trial did not measure {', '.join(missing)}"}
-    if state == "pruned":
-        study.tell(told, state=TrialState.PRUNED)
-        return TrialState.PRUNED
-    set_attr(ERROR_ATTR, str(result.get("error")))
-    if result.get("traceback"):
-        set_attr("traceback", str(result["traceback"])[-4000:])
-    if result.get("infra"):
-        set_attr(INFRA_FAILURE_KEY, True)
-    study.tell(told, state=TrialState.FAIL)
-    return TrialState.FAIL
-
-
-@dataclass(frozen=True)
-class BudgetState:
-    """How much of a job's budget its study has used, read under the job's lock."""
-
-    counted: int  # finished trials that use budget (not infrastructure failures)
-    succeeded: int  # of those, the ones that did not fail
-    running: int
-
-    @classmethod
-    def of(cls, study: optuna.Study, storage: optuna.storages.RDBStorage) -> BudgetState:
-        """The counts in one SQL query, not through `study.get_trials`: Optuna's cached storage
-        rebuilds every unfinished trial on each read (about 1 ms a trial), and this is read
-        under the job's lock on every ask, so with 16 trials running each ask held up all the
-        others' for 15 ms. Counts as `_counts` does."""
-        with storage.engine.connect() as conn:
-            rows = conn.execute(
-                text("SELECT t.state, COUNT(*), COUNT(a.trial_id) FROM trials t "
-                     "LEFT JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
-                     "AND a.key = :key AND a.value_json = 'true' "
-                     "WHERE t.study_id = :study GROUP BY t.state"),
-                {"key": INFRA_FAILURE_KEY, "study": study._study_id},
-            ).all()
-        # Optuna stores TrialState's name; some drivers hand back the enum.
-        counts = {str(state).rsplit(".", 1)[-1].upper(): (int(n), int(infra))
-                  for state, n, infra in rows}
-        complete, pruned = counts.get("COMPLETE", (0, 0))[0], counts.get("PRUNED", (0, 0))[0]
-        failed, infra = counts.get("FAIL", (0, 0))
-        return cls(counted=complete + pruned + failed - infra, succeeded=complete + pruned,
-                   running=counts.get("RUNNING", (0, 0))[0])
-
-    def may_ask(self, n_trials: int, parallelism: int) -> bool:
-        # A spec that makes every trial fail (a missing dataset, a bad option) should not
-        # burn its whole budget: stop asking once the first few all failed.
-        hopeless = self.succeeded == 0 and self.counted >= MAX_INITIAL_FAILURES
-        return (not hopeless and self.running < parallelism
-                and self.counted + self.running < n_trials)
-
-
-def new_trial_id(study: optuna.Study, storage: optuna.storages.RDBStorage) -> int:
-    """A new trial (or one enqueued) with its first heartbeat, as `Study.ask` makes it, but
-    not sampled yet: call it under the job's lock (see `fail_dead_trials`), and sample after
-    the lock with `sampled_trial`. The lock guards the slot; sampling (TPE's, GP's) can take
-    long and need not hold up other processes' asks."""
-    # Optuna's pop reads every unfinished trial (see `BudgetState.of`); enqueued trials are
-    # rare, so look for one in SQL first.
-    trial_id = study._pop_waiting_trial_id() if _has_waiting_trial(study, storage) else None
-    if trial_id is None:
-        trial_id = study._storage.create_new_trial(study._study_id)
-    storage.record_heartbeat(trial_id)
-    return trial_id
-
-
-def _has_waiting_trial(study: optuna.Study, storage: optuna.storages.RDBStorage) -> bool:
-    with storage.engine.connect() as conn:
-        return conn.execute(
-            text("SELECT 1 FROM trials WHERE study_id = :study AND state = 'WAITING' LIMIT 1"),
-            {"study": study._study_id},
-        ).first() is not None
-
-
-def sampled_trial(study: optuna.Study, trial_id: int) -> optuna.Trial:
-    """The trial, with the sampler's relative parameters drawn (the rest of `Study.ask`)."""
-    study._thread_local.cached_all_trials = None  # as `Study.ask`: read the storage afresh
-    return optuna.Trial(study, trial_id)
-
-
-def fail_dead_trials(study: optuna.Study, storage: optuna.storages.RDBStorage) -> None:
-    """Fail the trials whose worker died, as infrastructure failures (so others run again):
-    those whose heartbeat went stale, and those with none at all. Call it under the job's
-    lock: a worker holds that lock from asking a trial to its first heartbeat, so a running
-    trial without one seen under the lock was asked by a worker that died in between (or
-    before this edgetune recorded heartbeats)."""
-    with storage.engine.connect() as conn:
-        orphans = conn.execute(
-            text("SELECT t.trial_id FROM trials t LEFT JOIN trial_heartbeats h "
-                 "ON h.trial_id = t.trial_id WHERE t.study_id = :study AND "
-                 "t.state = 'RUNNING' AND h.trial_id IS NULL"),
-            {"study": study._study_id},
-        ).scalars().all()
-    dead = {**{i: "its worker died" for i in orphans},
-            **{i: "its worker stopped answering"
-               for i in storage._get_stale_trial_ids(study._study_id)}}
-    for trial_id, reason in dead.items():
-        try:
-            # The reason first: Optuna refuses attributes on a finished trial.
-            storage.set_trial_user_attr(trial_id, ERROR_ATTR, reason)
-            storage.set_trial_user_attr(trial_id, INFRA_FAILURE_KEY, True)
-            if storage.set_trial_state_values(trial_id, TrialState.FAIL):
-                logger.warning("trial %d of %s: %s; marked failed, to run again", trial_id,
-                               study.study_name, reason)
-        except UpdateFinishedTrialError:
-            pass  # it ended meanwhile, or another worker failed it first
-
-
-def fail_leftovers(study: optuna.Study) -> None:
-    # This worker holds the job's lease, so a trial still RUNNING was left by a worker that
-    # died: it failed through no fault of its parameters and is run again.
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_user_attr(t._trial_id, ERROR_ATTR, "its worker died")
-        study._storage.set_trial_user_attr(t._trial_id, INFRA_FAILURE_KEY, True)
-        study.tell(t.number, state=TrialState.FAIL)
-        logger.warning("trial %d of %s was left running; marked failed", t.number,
-                       study.study_name)
-
-def job_outcome(study: optuna.Study, *, n_trials: int, timed_out: bool) -> JobOutcome:
-    trials = [t for t in study.get_trials(deepcopy=False) if _counts(t)]
-    if any(t.state == TrialState.COMPLETE for t in trials):
-        return JobOutcome(JobStatus.SUCCEEDED)
-    failed = [t for t in trials if t.state == TrialState.FAIL]
-    if failed:
-        first = failed[0]
-        stopped = (" (the job stopped early: the first trials all failed)"
-                   if len(trials) < n_trials else "")
-        return JobOutcome(
-            JobStatus.FAILED,
-            f"all {len(failed)} trials failed{stopped}; trial {first.number}: "
-            f"{first.user_attrs.get(ERROR_ATTR, 'no reason recorded')}",
-        )
-    if trials:
-        return JobOutcome(JobStatus.FAILED, f"all {len(trials)} trials were pruned")
-    if timed_out:
-        return JobOutcome(JobStatus.FAILED, "the time budget ran out before any trial ended")
-    return JobOutcome(JobStatus.FAILED, "no trial ran")
 
 
 def load_job_study(
     job: Job, spec: JobSpec, space: list[Param], storage: str | optuna.storages.BaseStorage
 ) -> optuna.Study:
-    """The job's study with the sampler (seeded per trial number: `TrialSeededSampler`) and, on
-    this backend, the pruner the spec names."""
-    constraints_func = None
-    if spec.constraints:
-        constraints = list(spec.constraints)
-
-        def constraints_func(t: optuna.trial.FrozenTrial) -> list[float]:
-            return violations(constraints, t.user_attrs)
-
-    entry = SAMPLERS[spec.algorithm.sampler]
-    ctx = AlgorithmContext(
-        spec, space, constraints_func=constraints_func if entry.constraints else None
-    )
-    build_pruner = PRUNERS[spec.algorithm.pruner].optuna
-
-    def build_sampler(seed: int | None) -> optuna.samplers.BaseSampler:
-        return entry.build(replace(ctx, spec=spec.model_copy(update={"seed": seed})))
-
-    return optuna.load_study(
-        study_name=job.study_name,
-        storage=optuna_storage(storage) if isinstance(storage, str) else storage,
-        sampler=TrialSeededSampler(build_sampler, seed=spec.seed),
-        pruner=build_pruner(ctx) if build_pruner is not None else None,
-    )
+    """The job's study with the sampler and pruner the spec names (`ResolvedJob.load_study`)."""
+    return replace(ResolvedJob.of(job, spec), space=space).load_study(storage)
 
 
-def trial_budget(spec: JobSpec, space: list[Param]) -> int:
-    """How many trials the job runs: `n_trials`, or fewer when the sampler runs out (a grid)."""
-    max_trials = SAMPLERS[spec.algorithm.sampler].max_trials
-    n = spec.budget.n_trials
-    return n if max_trials is None else min(n, max_trials(space))
-
-
-def count_finished(study: optuna.Study) -> int:
-    """Trials that used up budget so far."""
-    return sum(1 for t in study.get_trials(deepcopy=False) if _counts(t))
-
-
-def _counts(t: optuna.trial.FrozenTrial) -> bool:
-    """Whether a finished trial uses up budget (infrastructure failures do not)."""
-    if t.state == TrialState.FAIL:
-        return not t.user_attrs.get(INFRA_FAILURE_KEY, False)
-    return t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-
-
-def _receive(run: _Running) -> dict[str, Any]:
+def _receive(run: _Running) -> TrialOutcome:
     try:
-        result: dict[str, Any] = run.conn.recv()
+        result: TrialOutcome = run.conn.recv()
     except (EOFError, OSError):
         run.process.join(timeout=10)
         code = run.process.exitcode
         how = (f"was killed by {signal.Signals(-code).name}" if code is not None and code < 0
                else f"exited with code {code}")
-        result = {"state": "failed", "error": f"the trial's process {how} before reporting"}
+        result = TrialOutcome.failed(f"the trial's process {how} before reporting")
     run.process.join(timeout=10)
     run.conn.close()
     return result

@@ -13,64 +13,54 @@ PBT) stop, pause or restart trials from the epochs each trial reports.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import random
 import tempfile
 import time
-import traceback
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import optuna
 import ray
-from optuna.trial import TrialState
 from ray import tune
 from ray.tune.search import Searcher
 
 from edgetune.devices import MeasureConfig
-from edgetune.errors import TrialFailed, TrialPruned
-from edgetune.search.backends.optuna import (
-    JobControl,
-    JobOutcome,
-    count_finished,
-    fail_leftovers,
-    job_outcome,
-    load_job_study,
-    tell_result,
-    trial_budget,
-)
 from edgetune.search.device_latency import PROBE_TIMEOUT_S
 from edgetune.search.registry import PRUNERS, AlgorithmContext, progress_metric
-from edgetune.search.space import suggest
-from edgetune.spaces import Param, ParamValue, resolve_space
+from edgetune.search.study import (
+    JobControl,
+    JobOutcome,
+    JobStudy,
+    OutcomeState,
+    ResolvedJob,
+    TrialOutcome,
+    run_trial,
+)
+from edgetune.settings import DataLayout
+from edgetune.spaces import ParamValue
 from edgetune.spec import JobSpec
 from edgetune.storage import Job, JobStatus, utcnow
 
 logger = logging.getLogger(__name__)
 
-#: A trial's last report carries its result as JSON under this key; earlier ones carry epochs.
+#: A trial's last report carries its outcome as JSON under this key; earlier ones carry epochs.
 RESULT_KEY = "edgetune_result"
-#: The job stops starting trials once this many ended and every one failed (as on optuna).
-MAX_INITIAL_FAILURES = 5
 
 
 @dataclass(frozen=True)
 class RayTrialTask:
     """What every trial of one job needs; plain data, shipped once to Ray's workers."""
 
-    spec_json: str
-    artifact_dir: str
-    study_name: str
+    job: ResolvedJob
+    layout: DataLayout
     latency: MeasureConfig
     #: Save the trainer's checkpoint with every report (schedulers that pause or clone trials).
     checkpoints: bool
     storage_url: str
     probe_timeout_s: float
-    tenant: str  # the job's: whose devices measure its trials
 
 
 def run_ray_trial(config: dict[str, Any], task: RayTrialTask) -> None:
@@ -83,7 +73,7 @@ def run_ray_trial(config: dict[str, Any], task: RayTrialTask) -> None:
     """
     from edgetune.search.trial_process import train_and_measure
 
-    spec = JobSpec.model_validate_json(task.spec_json)
+    spec = task.job.spec
     epochs = spec.trainer.epochs
     gpu_ids = ray.get_gpu_ids()
     if not gpu_ids:
@@ -109,23 +99,14 @@ def run_ray_trial(config: dict[str, Any], task: RayTrialTask) -> None:
             else:
                 tune.report(values)
 
-        try:
-            result = train_and_measure(
-                spec, params, artifact_dir=Path(task.artifact_dir), study_name=task.study_name,
-                latency=task.latency, report=report, storage_url=task.storage_url,
-                probe_timeout_s=task.probe_timeout_s, tenant=task.tenant,
-                checkpoint_dir=checkpoint_dir if task.checkpoints else None,
-            )
-        except TrialPruned as e:  # past a latency constraint before training
-            result = {"state": "pruned", "error": None, **e.args[0]}
-        except TrialFailed as e:
-            result = {"state": "failed", "error": str(e)}
-        except Exception as e:
-            result = {"state": "failed", "error": f"{type(e).__name__}: {e}",
-                      "traceback": traceback.format_exc(limit=20)}
-        result.setdefault("user_attrs", {}).update(ray_params=params, **ray_attrs)
-        final = {"epoch": epochs, RESULT_KEY: json.dumps(result, default=str)}
-        final.update({k: float(v) for k, v in result.get("metrics", {}).items()})
+        outcome = run_trial(lambda: train_and_measure(
+            spec, params, layout=task.layout, study_name=task.job.study_name,
+            latency=task.latency, report=report, storage_url=task.storage_url,
+            probe_timeout_s=task.probe_timeout_s, tenant=task.job.tenant,
+            checkpoint_dir=checkpoint_dir if task.checkpoints else None,
+        )).with_attrs(ray_params=params, **ray_attrs)
+        final: dict[str, Any] = {"epoch": epochs, RESULT_KEY: outcome.to_json()}
+        final.update({k: float(v) for k, v in outcome.metrics.items()})
         tune.report(final)
 
 
@@ -136,7 +117,8 @@ class RayBackend:
         self,
         *,
         storage_url: str,
-        artifact_dir: str,
+        artifact_dir: str | None = None,
+        layout: DataLayout | None = None,
         latency: MeasureConfig,
         ray_address: str | None = None,
         heartbeat_interval_s: float = 5.0,
@@ -145,7 +127,10 @@ class RayBackend:
     ) -> None:
         self.storage_url = storage_url
         self.probe_timeout_s = probe_timeout_s
-        self.artifact_dir = artifact_dir
+        if layout is None and artifact_dir is None:
+            raise ValueError("give the data directory's `layout` (or its `artifact_dir`)")
+        #: The data directory: artifacts, datasets, teacher models, caches.
+        self.layout = layout or DataLayout.of_artifacts(str(artifact_dir))
         self.latency = latency
         self.ray_address = ray_address
         self.heartbeat_interval_s = heartbeat_interval_s
@@ -171,29 +156,22 @@ class RayBackend:
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         # Checkpoints every epoch are the point with PBT and HyperBand, not a misconfiguration.
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-        space = resolve_space(spec.space.name, spec.space.params)
-        study = load_job_study(job, spec, space, self.storage_url)
-        fail_leftovers(study)
-        n_trials = trial_budget(spec, space)
-        finished = count_finished(study)
-        deadline = (
-            job.started_at + timedelta(seconds=spec.budget.timeout_s)
-            if spec.budget.timeout_s and job.started_at else None
-        )
+        study = JobStudy.load(job, self.storage_url, spec=spec)
+        study.fail_leftovers()
+        n_trials = study.job.n_trials
+        finished = study.finished_count()
         pruner = PRUNERS[spec.algorithm.pruner]
         assert pruner.ray is not None  # validation admits ray-backend schedulers only
-        scheduler = pruner.ray(AlgorithmContext(spec, space))
-        trials = StudyTrials(study, spec, space, n_trials=n_trials - finished)
-        stopper = _ControlStopper(control, self.heartbeat_interval_s, deadline)
+        scheduler = pruner.ray(AlgorithmContext(spec, study.space))
+        trials = StudyTrials(study)
+        stopper = _ControlStopper(control, self.heartbeat_interval_s, study.job.deadline)
         metric, mode = _scheduler_metric(spec)
         if spec.seed is not None:
             random.seed(spec.seed)  # PBT draws its perturbations from `random`
         task = RayTrialTask(
-            spec_json=spec.model_dump_json(), artifact_dir=self.artifact_dir,
-            study_name=job.study_name, latency=self.latency,
+            job=study.job, layout=self.layout, latency=self.latency,
             checkpoints=spec.algorithm.pruner in ("hyperband", "pbt"),
             storage_url=self.storage_url, probe_timeout_s=self.probe_timeout_s,
-            tenant=job.tenant,
         )
         search_alg: Searcher | None = StudySearcher(trials)
         param_space: dict[str, Any] = {}
@@ -222,7 +200,7 @@ class RayBackend:
                 reuse_actors=self.reuse_actors,
             ),
             run_config=tune.RunConfig(
-                name=job.study_name, storage_path=str(Path(self.artifact_dir).parent / "ray"),
+                name=job.study_name, storage_path=str(self.layout.ray),
                 stop=stopper, verbose=0, log_to_file=False, callbacks=[StudyCallback(trials)],
                 failure_config=tune.FailureConfig(max_failures=0),
                 # PBT clones the checkpoints of top trials, which must outlive a few epochs.
@@ -240,8 +218,7 @@ class RayBackend:
             return JobOutcome(None, "lease lost")
         if stopper.reason == "stopping":
             return JobOutcome(None, None)
-        return job_outcome(study, n_trials=n_trials,
-                           timed_out=deadline is not None and utcnow() >= deadline)
+        return study.outcome()
 
 
 def _warn_if_no_node_fits(resources: dict[str, float]) -> None:
@@ -310,41 +287,29 @@ class StudyTrials:
 
     Ray calls back through `StudySearcher` (when it may start a trial) and `StudyCallback`
     (each epoch, and once at the end of a trial, whether it finished, was stopped by the
-    scheduler, which counts as pruned, or failed).
+    scheduler, which counts as pruned, or failed). The job's lease keeps other workers out, so
+    the budget is counted here rather than under the job's lock.
     """
 
-    def __init__(
-        self, study: optuna.Study, spec: JobSpec, space: list[Param], *, n_trials: int
-    ) -> None:
-        from edgetune.trainers import get_trainer_class
-
+    def __init__(self, study: JobStudy) -> None:
         self.study = study
-        self.spec = spec
-        self.space = space
-        self.remaining = n_trials
         self.asked: dict[int, optuna.Trial] = {}
-        self.ended = 0
-        self.succeeded = 0
-        self.reported = get_trainer_class(spec.trainer.name).progress_metrics
-        self.metric, _ = _scheduler_metric(spec)
+        self.reported = study.job.trainer_class().progress_metrics
+        self.metric, _ = _scheduler_metric(study.spec)
 
     @property
     def exhausted(self) -> bool:
-        hopeless = self.succeeded == 0 and self.ended >= MAX_INITIAL_FAILURES
-        return self.remaining <= 0 or hopeless
+        return self.study.budget().spent
 
     def ask(self) -> dict[str, Any]:
         """A new trial of the study: the config Ray starts it with."""
-        trial = self.study.ask()
-        params = suggest(trial, self.space)
-        fixed = {k: v for k, v in params.items() if k not in trial.params}
-        if fixed:
-            trial.set_user_attr("fixed_params", fixed)
-        self.asked[trial.number] = trial
-        self.remaining -= 1
-        logger.info("study %s: trial %d asked for Ray with %s", self.study.study_name,
-                    trial.number, params)
-        return {"number": trial.number, "params": params}
+        from edgetune.storage import study_store
+
+        asked = self.study.sample(study_store.create_trial(self.study.study))
+        self.asked[asked.number] = asked.trial
+        logger.info("study %s: trial %d asked for Ray with %s", self.study.job.study_name,
+                    asked.number, asked.params)
+        return {"number": asked.number, "params": asked.params}
 
     def progress(self, number: int, result: dict[str, Any]) -> None:
         """An epoch's report: the learning curve, for the dashboard (one objective only:
@@ -362,23 +327,29 @@ class StudyTrials:
             return
         last = last or {}
         if RESULT_KEY in last:
-            outcome = json.loads(last[RESULT_KEY])
+            outcome = TrialOutcome.from_json(last[RESULT_KEY])
         elif error:
-            outcome = {"state": "failed", "error": "the trial's Ray actor failed", "infra": True}
+            outcome = TrialOutcome.failed("the trial's Ray actor failed", infra=True)
         else:  # the scheduler stopped it between epochs
-            outcome = {"state": "pruned",
-                       "metrics": {k: v for k, v in last.items() if k in self.reported},
-                       "user_attrs": {"pruned_at_epoch": last.get("epoch")}}
-        state = tell_result(self.study, trial, self.spec.metric_names, outcome)
-        self.ended += 1
-        self.succeeded += state != TrialState.FAIL
-        logger.info("study %s: trial %d %s", self.study.study_name, number, state.name.lower())
+            outcome = TrialOutcome(
+                OutcomeState.PRUNED,
+                metrics={k: v for k, v in last.items() if k in self.reported},
+                user_attrs={"pruned_at_epoch": last.get("epoch")})
+        state = self.study.tell(_id(trial), outcome)
+        logger.info("study %s: trial %d %s", self.study.job.study_name, number,
+                    state.name.lower())
 
     def fail_unfinished(self, reason: str) -> None:
         """Mark failed every asked trial Ray did not complete (the run was stopped or broke)."""
         for trial in list(self.asked.values()):
-            tell_result(self.study, trial, [], {"state": "failed", "error": reason, "infra": True})
+            self.study.tell(_id(trial), TrialOutcome.failed(reason, infra=True))
         self.asked.clear()
+
+
+def _id(trial: optuna.Trial) -> int:
+    from edgetune.storage import study_store
+
+    return study_store.trial_id(trial)
 
 
 class StudySearcher(Searcher):

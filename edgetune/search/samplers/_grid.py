@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from edgetune.spaces import (
     CategoricalParam,
@@ -25,6 +25,7 @@ from edgetune.spaces import (
     Param,
     ParamValue,
 )
+from edgetune.storage import study_store
 
 GRID_ID_KEY = "grid:id"
 #: Grids larger than this are refused: enumerating them is slow and no job runs them out.
@@ -87,9 +88,11 @@ def grid_points(params: Sequence[Param]) -> list[dict[str, ParamValue]]:
 class SpaceGridSampler(optuna.samplers.BaseSampler):
     """Visits every point of `grid_points(params)` once, unvisited points first.
 
-    Each trial takes a point in `before_trial`, chosen at random (seeded by the trial's number)
-    among those no other finished or running trial took, and stores its index as a system
-    attribute; `sample_independent` answers from that point. Once every point is taken, a trial
+    Each trial claims a point in `before_trial`, chosen at random (seeded by the trial's number)
+    among those no other trial holds or used up, and stores its index as a system attribute,
+    atomically across threads and processes (`study_store.claim_point`); `sample_independent`
+    answers from that point. A trial that failed on its parameters keeps its point (it used
+    budget); only an infrastructure failure frees it. Once every point is taken, a trial
     repeats a random point: the backend caps the job at `len(points)` trials, so this happens
     only when workers race for the last points.
     """
@@ -114,16 +117,14 @@ class SpaceGridSampler(optuna.samplers.BaseSampler):
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if GRID_ID_KEY in trial.system_attrs:  # a retried or enqueued trial keeps its point
             return
-        taken = {
-            t.system_attrs[GRID_ID_KEY]
-            for t in study._storage.get_all_trials(study._study_id, deepcopy=False)
-            if GRID_ID_KEY in t.system_attrs
-            and t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-        }
         rng = np.random.default_rng([self._seed or 0, trial.number])
-        free = [i for i in range(len(self._points)) if i not in taken]
-        point = int(rng.choice(free)) if free else int(rng.integers(len(self._points)))
-        study._storage.set_trial_system_attr(trial._trial_id, GRID_ID_KEY, point)
+
+        def choose(taken: set[int]) -> int:
+            free = [i for i in range(len(self._points)) if i not in taken]
+            return int(rng.choice(free)) if free else int(rng.integers(len(self._points)))
+
+        point = study_store.claim_point(study, study_store.trial_id(trial), GRID_ID_KEY, choose)
+        trial.system_attrs[GRID_ID_KEY] = point
 
     def sample_independent(
         self, study: optuna.Study, trial: FrozenTrial, param_name: str,

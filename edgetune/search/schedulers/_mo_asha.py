@@ -20,6 +20,7 @@ from optuna.pruners import BasePruner
 from optuna.study import StudyDirection
 
 from edgetune.search.pareto import crowding_distance, non_dominated_rank
+from edgetune.storage import study_store
 
 if TYPE_CHECKING:
     import optuna
@@ -67,7 +68,7 @@ def report_values(study: optuna.Study, trial_id: int, step: int, values: Sequenc
         raise ValueError(
             f"The study has {n_objectives} objectives, but {len(vector)} values were reported."
         )
-    study._storage.set_trial_system_attr(trial_id, _values_key(int(step)), vector)
+    study_store.set_system_attr(study, trial_id, _values_key(int(step)), vector)
 
 
 def _latest_step(trial: FrozenTrial) -> int | None:
@@ -127,7 +128,7 @@ class MOASHAPruner(BasePruner):
     number rather than all at once.
 
     `Trial.should_prune` refuses multi-objective studies, so call `prune` directly:
-    `pruner.prune(study, study._storage.get_trial(trial._trial_id))` after `report_values`.
+    `pruner.prune(study, study_store.frozen_trial(study, trial_id))` after `report_values`.
     All state lives in the trials' system attributes (`mo_asha:values:<step>` and
     `mo_asha:completed_rung_<k>`), so any process, or a fresh pruner after a restart, makes the
     same decisions. A call reads the study's trials at most once.
@@ -202,7 +203,7 @@ class MOASHAPruner(BasePruner):
                 trials = study.get_trials(deepcopy=False)
 
             rung_key = _completed_rung_key(rung)
-            study._storage.set_trial_system_attr(trial._trial_id, rung_key, vector)
+            study_store.set_system_attr(study, study_store.trial_id(trial), rung_key, vector)
 
             # Trial-number order breaks ties. The snapshot may or may not already show this
             # trial's own record, so it is taken from `vector` instead.
@@ -241,5 +242,5 @@ def report_progress(study: optuna.Study, trial_id: int, step: int, values: Seque
         trial.report(float(values[0]), step=step)
         return trial.should_prune()
     report_values(study, trial_id, step, values)
-    return study.pruner.prune(study, study._storage.get_trial(trial_id))
+    return study.pruner.prune(study, study_store.frozen_trial(study, trial_id))
 
