@@ -10,32 +10,9 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, text
-from sqlalchemy.exc import SQLAlchemyError
-
 from edgetune.errors import StorageError
 
 logger = logging.getLogger(__name__)
-
-
-def tenant_running_trials(engine: Engine, tenant: str) -> int:
-    """Trials of `tenant` that workers run now, on any machine: RUNNING trials of its running
-    jobs, except ask/tell ones (their clients train, not our workers)."""
-    from edgetune.storage.models import Job, JobStatus, Runner
-
-    try:
-        with engine.connect() as conn:
-            return int(conn.execute(
-                text("SELECT COUNT(*) FROM trials t "
-                     "JOIN studies s ON s.study_id = t.study_id "
-                     f"JOIN {Job.__tablename__} j ON j.study_name = s.study_name "
-                     "WHERE t.state = 'RUNNING' AND j.tenant = :tenant "
-                     "AND j.status = :running AND j.runner != :ask_tell"),
-                {"tenant": tenant, "running": JobStatus.RUNNING.value,
-                 "ask_tell": Runner.ASK_TELL.value},
-            ).scalar_one())
-    except SQLAlchemyError as e:
-        raise StorageError(f"database error: {e}") from e
 
 
 @dataclass

@@ -16,10 +16,11 @@ from types import FrameType
 from edgetune.devices import MeasureConfig
 from edgetune.errors import StorageError
 from edgetune.search.backends import Backend, JobOutcome, OptunaBackend
-from edgetune.search.capacity import TrialSlots, tenant_running_trials
+from edgetune.search.capacity import TrialSlots
 from edgetune.settings import Settings
 from edgetune.spec import JobSpec
 from edgetune.storage import Job, JobRepository, JobStatus, open_database
+from edgetune.storage.study_store import tenant_running_trials
 
 logger = logging.getLogger(__name__)
 

@@ -9,11 +9,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import delete, exists, func, select, text
+from sqlalchemy import delete, exists, func, select
 
 from edgetune.errors import StorageError
 from edgetune.storage.jobs import Repository, utcnow
 from edgetune.storage.models import Probe, Upload
+from edgetune.storage.study_store import artifact_named_by_a_trial
 
 logger = logging.getLogger(__name__)
 
@@ -141,11 +142,6 @@ class UploadRepository(Repository):
         # Trials record their artifact as the `artifact` user attribute, {"sha256": ...}, in
         # Optuna's own table; anything unsure counts as named, so nothing a trial made goes.
         try:
-            with self._session() as session:
-                return session.execute(
-                    text("SELECT 1 FROM trial_user_attributes WHERE key = 'artifact' "
-                         "AND value_json LIKE :pattern LIMIT 1"),
-                    {"pattern": f"%{sha256}%"},
-                ).first() is not None
+            return artifact_named_by_a_trial(self.db.engine, sha256)
         except StorageError:
             return True

@@ -22,7 +22,6 @@ from sqlalchemy import (
     or_,
     select,
     table,
-    text,
     type_coerce,
     update,
 )
@@ -33,7 +32,7 @@ from edgetune.errors import ConflictError, NotFoundError, StorageError
 from edgetune.spec import JobSpec
 from edgetune.storage.db import Database
 from edgetune.storage.models import Base, Job, JobStatus, Runner
-from edgetune.storage.optuna_storage import JOB_ID_ATTR, create_job_study, delete_study
+from edgetune.storage.optuna_storage import create_job_study, delete_study
 
 DEFAULT_TENANT = "default"
 
@@ -200,13 +199,9 @@ class JobRepository(Repository):
         """Names of the studies made for a job (they carry its id) whose job row was never
         stored: a server that stopped between the two steps of `create` leaves one. Some may be
         a submission under way this instant: see `reap_orphan_studies`."""
-        query = text(
-            "SELECT s.study_name FROM studies s JOIN study_user_attributes a "
-            "ON a.study_id = s.study_id AND a.key = :key "
-            f"WHERE s.study_name NOT IN (SELECT study_name FROM {Job.__tablename__})"
-        )
-        with self._session() as session:
-            return sorted(session.execute(query, {"key": JOB_ID_ATTR}).scalars())
+        from edgetune.storage.study_store import orphan_study_names
+
+        return orphan_study_names(self.db.engine)
 
     def reap_orphan_studies(self, *, grace_s: float = 60.0,
                             sleep: Callable[[float], None] = time.sleep) -> Sequence[str]:

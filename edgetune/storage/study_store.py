@@ -450,6 +450,49 @@ class _ParamBuffer:
 
 
 # --- reads -------------------------------------------------------------------------------------
+def tenant_running_trials(engine: Engine, tenant: str) -> int:
+    """Trials of `tenant` that workers run now, on any machine: RUNNING trials of its running
+    jobs, except ask/tell ones (their clients train, not our workers)."""
+    from edgetune.storage.models import Job, JobStatus, Runner
+
+    with storage_errors("counting the tenant's running trials"), engine.connect() as conn:
+        return int(conn.execute(
+            text("SELECT COUNT(*) FROM trials t "
+                 "JOIN studies s ON s.study_id = t.study_id "
+                 f"JOIN {Job.__tablename__} j ON j.study_name = s.study_name "
+                 "WHERE t.state = 'RUNNING' AND j.tenant = :tenant "
+                 "AND j.status = :running AND j.runner != :ask_tell"),
+            {"tenant": tenant, "running": JobStatus.RUNNING.value,
+             "ask_tell": Runner.ASK_TELL.value},
+        ).scalar_one())
+
+
+def orphan_study_names(engine: Engine) -> list[str]:
+    """Names of the studies made for a job (they carry its id) whose job row was never
+    stored: a server that stopped between the two steps of a submission leaves one."""
+    from edgetune.storage.models import Job
+    from edgetune.storage.optuna_storage import JOB_ID_ATTR
+
+    query = text(
+        "SELECT s.study_name FROM studies s JOIN study_user_attributes a "
+        "ON a.study_id = s.study_id AND a.key = :key "
+        f"WHERE s.study_name NOT IN (SELECT study_name FROM {Job.__tablename__})"
+    )
+    with storage_errors("finding orphan studies"), engine.connect() as conn:
+        return sorted(conn.execute(query, {"key": JOB_ID_ATTR}).scalars())
+
+
+def artifact_named_by_a_trial(engine: Engine, sha256: str) -> bool:
+    """Whether any trial records `sha256` as its exported artifact (the `artifact` user
+    attribute, {"sha256": ...})."""
+    with storage_errors("looking up trial artifacts"), engine.connect() as conn:
+        return conn.execute(
+            text("SELECT 1 FROM trial_user_attributes WHERE key = 'artifact' "
+                 "AND value_json LIKE :pattern LIMIT 1"),
+            {"pattern": f"%{sha256}%"},
+        ).first() is not None
+
+
 def trial_state_counts(db: Database, study_names: Sequence[str]) -> dict[str, dict[str, int]]:
     """{study name: {"COMPLETE": n, "RUNNING": n, ..., "FAIL_INFRA": n}} in two queries.
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from edgetune.search.capacity import TrialSlots, tenant_running_trials
+from edgetune.search.capacity import TrialSlots
 from edgetune.spec import JobSpec
 from edgetune.storage import JobRepository, JobStatus, open_database, optuna_storage
+from edgetune.storage.study_store import tenant_running_trials
 
 
 def start(slots: TrialSlots, job: str, tenant: str, running: int) -> int:
