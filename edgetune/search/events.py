@@ -16,7 +16,6 @@ from typing import Any
 from edgetune.errors import NotFoundError
 from edgetune.schemas import JobProgress
 from edgetune.search.front import FrontView
-from edgetune.spec import JobSpec
 from edgetune.storage import Database, JobRepository, JobStatus
 from edgetune.storage.trials import finished_trials, trial_state_counts, trial_user_attrs
 
@@ -63,7 +62,7 @@ class JobEventStream:
     def poll(self) -> tuple[list[Event], bool]:
         """The events since the last poll, and whether the stream is over."""
         job = self.jobs.get(self.job_id)
-        spec = JobSpec.model_validate_json(job.spec)
+        spec = job.spec
         events: list[Event] = []
 
         ended = [row for row in finished_trials(self.db, job.study_name)

@@ -173,7 +173,7 @@ class ResolvedJob:
     def of(cls, job: Job, spec: JobSpec | None = None) -> ResolvedJob:
         from edgetune.search.registry import SAMPLERS
 
-        spec = spec if spec is not None else JobSpec.model_validate_json(job.spec)
+        spec = spec if spec is not None else job.spec
         space = resolve_space(spec.space.name, spec.space.params)
         max_trials = SAMPLERS[spec.algorithm.sampler].max_trials
         n = spec.budget.n_trials

@@ -200,7 +200,7 @@ class Worker:
     def run_job(self, job: Job) -> JobOutcome:
         logger.info("worker %s: running job %s (%s)", self.name, job.id, job.name)
         try:
-            spec = JobSpec.model_validate_json(job.spec)
+            spec = job.spec
             outcome = self.backend_for(spec).run(job, spec, _Control(self, job))
         except Exception as e:
             logger.exception("job %s failed in its worker", job.id)

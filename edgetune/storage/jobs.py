@@ -108,7 +108,7 @@ class JobRepository(Repository):
             id=job_id,
             tenant=tenant,
             name=spec.name,
-            spec=spec.model_dump_json(),
+            spec=spec,
             status=status.value,
             runner=runner.value,
             study_name=f"edgetune-{spec.name}-{job_id[:8]}",
@@ -382,7 +382,7 @@ def _delete_studies(url: str, names: Sequence[str]) -> list[str]:
 
 
 def _same_submission(job: Job, spec: JobSpec) -> Job:
-    if JobSpec.model_validate_json(job.spec) != spec:
+    if job.spec != spec:
         raise ConflictError(
             f"the Idempotency-Key was used for job {job.id!r} with another spec; send a new key "
             "for a new submission"

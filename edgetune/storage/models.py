@@ -23,6 +23,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from edgetune.spec import JobSpec
+
 #: Every service table is prefixed so that it never meets one of Optuna's (`studies`, `trials`).
 PREFIX = "edgetune_"
 
@@ -42,6 +44,24 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class JobSpecText(TypeDecorator[JobSpec]):
+    """A `JobSpec` kept as its JSON text (never pickled): dumped on the way in, validated on
+    the way out, so that a job's spec is read in one place and typed everywhere else."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: JobSpec | None, dialect: Dialect) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, JobSpec):
+            raise TypeError(f"a job's spec is stored from a JobSpec, not {type(value).__name__}")
+        return value.model_dump_json()
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> JobSpec | None:
+        return None if value is None else JobSpec.model_validate_json(value)
 
 
 class JSONText(TypeDecorator[Any]):
@@ -92,7 +112,7 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     tenant: Mapped[str] = mapped_column(String(64), default="default")
     name: Mapped[str] = mapped_column(String(128))
-    spec: Mapped[str] = mapped_column(Text)  # the JobSpec as JSON; never pickled
+    spec: Mapped[JobSpec] = mapped_column(JobSpecText())
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)
     runner: Mapped[str] = mapped_column(String(16), default=Runner.OPTUNA.value,
                                         server_default=Runner.OPTUNA.value)

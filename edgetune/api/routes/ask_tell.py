@@ -16,7 +16,6 @@ from edgetune.schemas import (
     TrialPublic,
 )
 from edgetune.search.ask_tell import AskTellStudies
-from edgetune.spec import JobSpec
 
 from ..deps import DatabaseDep, JobsDep, UserDep
 from .jobs import _trial, _trial_public
@@ -68,4 +67,4 @@ def tell(
     nothing; the job ends once its budget is spent."""
     job = jobs.get(job_id, tenant=caller.tenant)
     ask_tell.tell(job, number, body.state, body.values, body.metrics, body.error)
-    return _trial_public(_trial(db, job, number), JobSpec.model_validate_json(job.spec))
+    return _trial_public(_trial(db, job, number), job.spec)

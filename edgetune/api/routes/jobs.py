@@ -131,7 +131,7 @@ def list_trials(
                                   limit=limit)
     except KeyError as e:  # deleted outside edgetune (optuna-dashboard, `optuna delete-study`)
         raise NotFoundError(f"the study of job {job.id!r} no longer exists") from e
-    spec = JobSpec.model_validate_json(job.spec)
+    spec = job.spec
     return TrialsPublic(data=[_trial_public(t, spec) for t in page], count=count)
 
 
@@ -140,7 +140,7 @@ def get_trial(
     job_id: str, number: int, jobs: JobsDep, db: DatabaseDep, caller: UserDep
 ) -> TrialPublic:
     job = jobs.get(job_id, tenant=caller.tenant)
-    return _trial_public(_trial(db, job, number), JobSpec.model_validate_json(job.spec))
+    return _trial_public(_trial(db, job, number), job.spec)
 
 
 Objectives = Annotated[
@@ -170,7 +170,7 @@ def get_pareto(
 ) -> ParetoPublic:
     """Completed trials ranked (feasible first): rank, crowding, hypervolume share, knee."""
     job = jobs.get(job_id, tenant=caller.tenant)
-    spec = JobSpec.model_validate_json(job.spec)
+    spec = job.spec
     try:
         return front.pareto(
             job.id, job.study_name, spec, objectives=_names(objectives),
@@ -188,7 +188,7 @@ def get_hypervolume(
 ) -> HypervolumePublic:
     """How the feasible front's hypervolume grew, trial by trial, in completion order."""
     job = jobs.get(job_id, tenant=caller.tenant)
-    spec = JobSpec.model_validate_json(job.spec)
+    spec = job.spec
     try:
         return front.hypervolume_history(job.id, job.study_name, spec,
                                          objectives=_names(objectives),
@@ -284,7 +284,7 @@ def _public(rows: Sequence[Job], db: Database) -> list[JobPublic]:
     counts = trial_state_counts(db, [j.study_name for j in rows])
     out = []
     for job in rows:
-        spec = JobSpec.model_validate_json(job.spec)
+        spec = job.spec
         progress = JobProgress.from_counts(spec.budget.n_trials,
                                            counts.get(job.study_name, {}))
         out.append(JobPublic(
