@@ -108,6 +108,12 @@ class Settings(PoolSettings):
         description="How long a trial waits for a registered device to measure its model "
                     "before it fails with the reason.",
     )
+    probe_expire_s: float = Field(
+        default=3600.0, gt=0, le=7 * 86_400,
+        description="How long a probe may go unmeasured after its request (no agent took it, "
+                    "or its agents died) before it fails with the reason and its uploaded "
+                    "model no longer counts against the quota.",
+    )
     auth: bool = Field(
         default=True,
         description="Require a bearer token on every route but /health; off is allowed on "

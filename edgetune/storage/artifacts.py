@@ -3,17 +3,20 @@ the record of uploaded ones: the per-tenant upload quota and the collector of un
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import delete, exists, func, select, text
+from sqlalchemy import and_, delete, exists, false, func, select, text, update
+from sqlalchemy.orm import Session
 
 from edgetune.errors import StorageError
 from edgetune.storage.jobs import Repository, utcnow
-from edgetune.storage.models import Probe, Upload
+from edgetune.storage.models import Probe, ProbeStatus, Upload
 
 logger = logging.getLogger(__name__)
 
@@ -73,39 +76,64 @@ class UploadRepository(Repository):
             ).one()
         return UploadUsage(int(count), int(size))
 
-    def check_quota(self, tenant: str, sha256: str, size_bytes: int, *, max_count: int,
-                    max_bytes: int) -> None:
-        """Raise `UploadQuotaExceeded` when storing this upload would take `tenant` past its
-        quota; an upload the tenant already holds costs nothing more."""
-        with self._session() as session:
-            if session.get(Upload, (tenant, sha256)) is not None:
-                return
-        usage = self.usage(tenant)
-        if usage.count + 1 > max_count:
-            raise UploadQuotaExceeded(
-                f"Tenant {tenant!r} holds {usage.count} uploaded models, the most it may "
-                f"(upload_quota_count {max_count}); delete the devices whose probes you no "
-                "longer need, and their models are collected.")
-        if usage.size_bytes + size_bytes > max_bytes:
-            raise UploadQuotaExceeded(
-                f"Tenant {tenant!r} holds {usage.size_bytes:,} bytes of uploaded models; this "
-                f"one of {size_bytes:,} bytes would pass its quota of {max_bytes:,} bytes "
-                "(upload_quota_bytes); delete the devices whose probes you no longer need, "
-                "and their models are collected.")
+    def reserve(self, tenant: str, sha256: str, size_bytes: int, *, max_count: int,
+                max_bytes: int) -> None:
+        """Count this upload against `tenant`, or raise `UploadQuotaExceeded` when it would
+        take the tenant past its quota; an upload the tenant already holds costs nothing more.
 
-    def record(self, tenant: str, sha256: str, size_bytes: int) -> None:
-        """Count this upload against `tenant` (once per model). Record it after its probe
-        exists: `collect` deletes rows that no probe names."""
-        row = Upload(tenant=tenant, artifact_sha256=sha256, size_bytes=size_bytes,
-                     created_at=utcnow())
-        self._insert_unless_taken(row)  # already held: counted once
+        The check and the count are one transaction that holds the tenant's lock (on SQLite the
+        database's write lock), so that uploads racing each other cannot all pass a check made
+        before any of them was counted. Reserve before queueing the probe that names it: the
+        collector lets an unnamed upload be for `grace_s` after it was reserved.
+        """
+        with self._session() as session:
+            self._lock(session, tenant)
+            held = session.get(Upload, (tenant, sha256))
+            if held is not None:
+                held.created_at = utcnow()  # named again: not collected while its probe comes
+                return
+            count, size = session.execute(
+                select(func.count(), func.coalesce(func.sum(Upload.size_bytes), 0))
+                .where(Upload.tenant == tenant)
+            ).one()
+            if count + 1 > max_count:
+                raise UploadQuotaExceeded(
+                    f"Tenant {tenant!r} holds {count} uploaded models, the most it may "
+                    f"(upload_quota_count {max_count}); models whose probes failed are "
+                    "collected, and deleting the devices whose probes you no longer need "
+                    "frees theirs.")
+            if size + size_bytes > max_bytes:
+                raise UploadQuotaExceeded(
+                    f"Tenant {tenant!r} holds {size:,} bytes of uploaded models; this one of "
+                    f"{size_bytes:,} bytes would pass its quota of {max_bytes:,} bytes "
+                    "(upload_quota_bytes); models whose probes failed are collected, and "
+                    "deleting the devices whose probes you no longer need frees theirs.")
+            session.add(Upload(tenant=tenant, artifact_sha256=sha256, size_bytes=size_bytes,
+                               created_at=utcnow()))
+
+    @staticmethod
+    def _lock(session: Session, tenant: str) -> None:
+        if session.get_bind().dialect.name == "postgresql":
+            key = int.from_bytes(hashlib.sha256(f"edgetune-uploads:{tenant}".encode())
+                                 .digest()[:8], "big", signed=True)
+            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        else:
+            # A write that changes nothing takes SQLite's write lock for the transaction.
+            session.execute(update(Upload).where(false()).values(size_bytes=0)
+                            .execution_options(synchronize_session=False))
 
     def collect(self, artifact_dir: Path, *, grace_s: float = 60.0) -> list[str]:
-        """Forget the uploads no probe names (their devices were deleted), and delete their
-        files unless a trial's attributes name them or the file was written in the last
-        `grace_s` seconds (an upload in flight stores its file before its probe exists).
-        Returns the sha256 of each file deleted."""
-        unreferenced = ~exists().where(Probe.artifact_sha256 == Upload.artifact_sha256)
+        """Forget the uploads that no probe names but failed ones (their devices were deleted,
+        or their probes failed or expired: a failed probe answers nothing, asking again
+        uploads again), and delete their files unless a trial's attributes name them. An
+        upload reserved, or a file written, in the last `grace_s` seconds is kept: an upload
+        in flight is counted and stored before its probe exists. Returns the sha256 of each
+        file deleted."""
+        unreferenced = and_(
+            ~exists().where(Probe.artifact_sha256 == Upload.artifact_sha256,
+                            Probe.status != ProbeStatus.FAILED.value),
+            Upload.created_at < utcnow() - timedelta(seconds=grace_s),
+        )
         with self._session() as session:
             orphans = sorted(set(session.scalars(
                 select(Upload.artifact_sha256).where(unreferenced)).all()))
@@ -132,7 +160,7 @@ class UploadRepository(Repository):
         return deleted
 
     def _uploaded(self, sha256: str) -> bool:
-        # Uploaded again (by anyone) since the rows above were read.
+        # Held by another tenant, or uploaded again since the rows above were read.
         with self._session() as session:
             return session.scalar(select(Upload.artifact_sha256)
                                   .where(Upload.artifact_sha256 == sha256).limit(1)) is not None

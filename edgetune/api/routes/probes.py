@@ -3,6 +3,7 @@ and the agents' reports."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import uuid
@@ -82,11 +83,13 @@ async def create_probe(
     if params.runtime not in device.runtimes:
         raise InvalidSpecError("runtime", f"device {device.name!r} does not offer runtime "
                                           f"{params.runtime!r}; it offers {device.runtimes}")
-    uploads = UploadRepository(db)
-    await run_in_threadpool(uploads.collect, settings.artifact_dir)
-    sha256, size = await _store_upload(request, settings, caller.tenant,
-                                       RUNTIMES[params.runtime].artifact_format)
-    probes = ProbeRepository(db, max_input_elements=settings.probe_max_input_elements)
+    probes = ProbeRepository(db, max_input_elements=settings.probe_max_input_elements,
+                             expire_s=settings.probe_expire_s)
+    # What expired is failed first, so that its upload is collected and frees the quota.
+    await run_in_threadpool(functools.partial(probes.expire_overdue, tenant=caller.tenant))
+    await run_in_threadpool(UploadRepository(db).collect, settings.artifact_dir)
+    sha256 = await _store_upload(request, settings, caller.tenant,
+                                 RUNTIMES[params.runtime].artifact_format)
     probe = await run_in_threadpool(
         probes.request, device.id, tenant=caller.tenant, artifact_sha256=sha256,
         runtime=params.runtime,
@@ -98,8 +101,6 @@ async def create_probe(
         min_time_s=(params.min_time_s if params.min_time_s is not None
                     else settings.latency_min_time_s),
     )
-    # Counted once its probe names it: the collector forgets uploads no probe names.
-    await run_in_threadpool(uploads.record, caller.tenant, sha256, size)
     if probe.status == "done":
         response.status_code = status.HTTP_200_OK
     return public(probe)
@@ -108,6 +109,7 @@ async def create_probe(
 @router.get("", response_model=ProbesPublic, responses=_ERRORS)
 def list_probes(
     db: DatabaseDep,
+    settings: SettingsDep,
     caller: ReaderDep,
     device: Annotated[str | None, Query(max_length=128, description="Name or id.")] = None,
     status: Annotated[str | None, Query(pattern="^(pending|leased|done|failed)$")] = None,
@@ -116,14 +118,17 @@ def list_probes(
 ) -> ProbesPublic:
     """Probes, newest first."""
     device_id = find_device(db, device, caller.tenant).id if device is not None else None
-    rows, count = ProbeRepository(db).list(tenant=caller.tenant, device_id=device_id,
-                                           status=status, offset=offset, limit=limit)
+    rows, count = ProbeRepository(db, expire_s=settings.probe_expire_s).list(
+        tenant=caller.tenant, device_id=device_id, status=status, offset=offset, limit=limit)
     return ProbesPublic(data=[public(p) for p in rows], count=count)
 
 
 @router.get("/{probe_id}", response_model=ProbePublic, responses=_ERRORS)
-def get_probe(probe_id: str, db: DatabaseDep, caller: ReaderDep) -> ProbePublic:
-    return public(ProbeRepository(db).get(probe_id, tenant=caller.tenant))
+def get_probe(probe_id: str, db: DatabaseDep, settings: SettingsDep,
+              caller: ReaderDep) -> ProbePublic:
+    """The probe; one unmeasured for `probe_expire_s` after its request shows failed."""
+    return public(ProbeRepository(db, expire_s=settings.probe_expire_s)
+                  .get(probe_id, tenant=caller.tenant))
 
 
 @router.post(
@@ -171,10 +176,10 @@ def find_device(db: Database, name_or_id: str, tenant: str) -> Device:
 
 
 async def _store_upload(request: Request, settings: Settings, tenant: str,
-                        format: str) -> tuple[str, int]:
+                        format: str) -> str:
     """Stream the body into the artifact directory under its sha256 (never a client's name),
-    once it is known to be a model of `format` within the tenant's quota; its sha256 and
-    size."""
+    once it is known to be a model of `format` and counted within the tenant's quota; its
+    sha256."""
     directory = settings.artifact_dir
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / f".upload-{uuid.uuid4().hex}.part"
@@ -196,12 +201,12 @@ async def _store_upload(request: Request, settings: Settings, tenant: str,
         await run_in_threadpool(_check_model, tmp, format)
         try:
             await run_in_threadpool(
-                UploadRepository(request.app.state.db).check_quota, tenant, sha256, size,
+                UploadRepository(request.app.state.db).reserve, tenant, sha256, size,
                 max_count=settings.upload_quota_count, max_bytes=settings.upload_quota_bytes)
         except UploadQuotaExceeded as e:
             raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, detail=str(e)) from e
         os.replace(tmp, artifact_path(directory, sha256, format))
-        return sha256, size
+        return sha256
     finally:
         tmp.unlink(missing_ok=True)
 
