@@ -13,8 +13,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 
+from edgetune.devices.onnx_checks import check_onnx_model
 from edgetune.devices.runtimes import RUNTIMES
-from edgetune.errors import InvalidSpecError, MissingDependencyError, NotFoundError
+from edgetune.errors import InvalidSpecError, NotFoundError
 from edgetune.schemas import (
     ErrorPublic,
     ProbeComplete,
@@ -213,37 +214,8 @@ async def _store_upload(request: Request, settings: Settings, tenant: str,
 
 def _check_model(path: Path, format: str) -> None:
     """Raise `InvalidSpecError` naming `model` unless the file is a well-formed,
-    self-contained ONNX model. It is parsed and checked, never run."""
+    self-contained ONNX model of standard operators (`check_onnx_model`). It is parsed and
+    checked, never run."""
     if format != "onnx":  # only ONNX is uploaded (UPLOAD_RUNTIMES)
         raise InvalidSpecError("model", f"An uploaded model must be ONNX, not {format}.")
-    try:
-        import onnx
-        from onnx.external_data_helper import uses_external_data
-    except ImportError as e:
-        raise MissingDependencyError("onnx", "onnx") from e
-    data = path.read_bytes()  # at most max_upload_bytes, streamed to disk first
-    try:
-        model = onnx.load_from_string(data)
-        onnx.checker.check_model(model)
-    except Exception as e:  # protobuf's and the checker's errors alike: not a model
-        first = (str(e).strip().splitlines() or [""])[0]
-        message = "".join(c for c in first if c.isprintable())[:200]
-        raise InvalidSpecError("model", f"The request body is not a valid ONNX model "
-                                        f"({type(e).__name__}: {message}).") from None
-    # A tensor stored "externally" names a file for the runtime to read: an upload must be
-    # one file, and name none.
-    graphs = [model.graph]
-    while graphs:
-        graph = graphs.pop()
-        tensors = list(graph.initializer)
-        for node in graph.node:
-            for attribute in node.attribute:
-                tensors.extend([attribute.t] if attribute.HasField("t") else [])
-                tensors.extend(attribute.tensors)
-        if any(uses_external_data(t) for t in tensors):
-            raise InvalidSpecError("model", "The uploaded ONNX model keeps tensors in external "
-                                            "files; upload a self-contained model.")
-        for node in graph.node:
-            for attribute in node.attribute:
-                graphs.extend([attribute.g] if attribute.HasField("g") else [])
-                graphs.extend(attribute.graphs)
+    check_onnx_model(path.read_bytes())  # at most max_upload_bytes, streamed to disk first
