@@ -79,7 +79,8 @@ def graph_features(onnx_path: str | Path) -> dict[str, float]:
     import onnx
 
     try:
-        model = onnx.load(str(onnx_path))
+        # An uploaded model's tensors may name files: the features need shapes, not data.
+        model = onnx.load(str(onnx_path), load_external_data=False)
         model = onnx.shape_inference.infer_shapes(model)
     except Exception as e:  # onnx raises its own kinds, or protobuf's DecodeError
         raise ValueError(f"cannot read {Path(onnx_path).name} as ONNX: {e}") from e
