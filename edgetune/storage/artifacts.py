@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import and_, delete, exists, false, func, select, text, update
+from sqlalchemy import ColumnElement, and_, delete, exists, false, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from edgetune.errors import StorageError
@@ -123,35 +123,45 @@ class UploadRepository(Repository):
                             .execution_options(synchronize_session=False))
 
     def collect(self, artifact_dir: Path, *, grace_s: float = 60.0) -> list[str]:
-        """Forget the uploads that no probe names but failed ones (their devices were deleted,
-        or their probes failed or expired: a failed probe answers nothing, asking again
-        uploads again), and delete their files unless a trial's attributes name them. An
-        upload reserved, or a file written, in the last `grace_s` seconds is kept: an upload
-        in flight is counted and stored before its probe exists. Returns the sha256 of each
-        file deleted."""
+        """Forget the uploads no probe of their tenant names but failed ones (their devices were
+        deleted, or their probes failed or expired: a failed probe answers nothing, asking
+        again uploads again), so that they no longer count against the quota, and delete their
+        files unless a trial's attributes name them or another upload holds them. Returns the
+        sha256 of each file deleted.
+
+        An upload in flight is counted before its probe exists: one reserved in the last
+        `grace_s` seconds is kept unless a probe naming it failed since. A file written in the
+        last `grace_s` seconds is kept with its record, and looked at again next time: a
+        trial may be storing the same bytes.
+        """
+        failed_since = exists().where(Probe.artifact_sha256 == Upload.artifact_sha256,
+                                      Probe.tenant == Upload.tenant,
+                                      Probe.status == ProbeStatus.FAILED.value,
+                                      Probe.finished_at >= Upload.created_at)
         unreferenced = and_(
             ~exists().where(Probe.artifact_sha256 == Upload.artifact_sha256,
+                            Probe.tenant == Upload.tenant,
                             Probe.status != ProbeStatus.FAILED.value),
-            Upload.created_at < utcnow() - timedelta(seconds=grace_s),
+            or_(Upload.created_at < utcnow() - timedelta(seconds=grace_s), failed_since),
         )
         with self._session() as session:
             orphans = sorted(set(session.scalars(
                 select(Upload.artifact_sha256).where(unreferenced)).all()))
-            if not orphans:
-                return []
-            session.execute(delete(Upload).where(Upload.artifact_sha256.in_(orphans),
-                                                 unreferenced)
-                            .execution_options(synchronize_session=False))
         deleted = []
         fresh_after = time.time() - grace_s
         for sha256 in orphans:
-            if self._named_by_a_trial(sha256) or self._uploaded(sha256):
+            paths = [artifact_path(artifact_dir, sha256, format) for format in ARTIFACT_FORMATS]
+            kept = self._named_by_a_trial(sha256) or self._held(sha256, unreferenced)
+            if not kept and any(_modified_after(path, fresh_after) for path in paths):
                 continue
-            for format in ARTIFACT_FORMATS:
-                path = artifact_path(artifact_dir, sha256, format)
+            with self._session() as session:
+                session.execute(delete(Upload).where(Upload.artifact_sha256 == sha256,
+                                                     unreferenced)
+                                .execution_options(synchronize_session=False))
+            if kept or self._uploaded(sha256):
+                continue
+            for path in paths:
                 try:
-                    if path.stat().st_mtime > fresh_after:
-                        continue
                     path.unlink()
                 except FileNotFoundError:
                     continue
@@ -159,8 +169,14 @@ class UploadRepository(Repository):
                 logger.info("collected uploaded artifact %s: no probe names it", sha256[:12])
         return deleted
 
+    def _held(self, sha256: str, unreferenced: ColumnElement[bool]) -> bool:
+        # Another upload of the same bytes that a probe still names (another tenant's, say).
+        with self._session() as session:
+            return session.scalar(select(Upload.artifact_sha256).where(
+                Upload.artifact_sha256 == sha256, ~unreferenced).limit(1)) is not None
+
     def _uploaded(self, sha256: str) -> bool:
-        # Held by another tenant, or uploaded again since the rows above were read.
+        # Uploaded again since the rows above were read.
         with self._session() as session:
             return session.scalar(select(Upload.artifact_sha256)
                                   .where(Upload.artifact_sha256 == sha256).limit(1)) is not None
@@ -177,3 +193,10 @@ class UploadRepository(Repository):
                 ).first() is not None
         except StorageError:
             return True
+
+
+def _modified_after(path: Path, moment: float) -> bool:
+    try:
+        return path.stat().st_mtime > moment
+    except FileNotFoundError:
+        return False

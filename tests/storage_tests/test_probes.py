@@ -445,17 +445,36 @@ def test_uploads_count_against_a_quota_and_are_collected_once_no_probe_names_the
     assert uploads.usage("default").count == 2
     for sha in files:
         age_upload(probes, sha, 120)
-    # Files written just now: kept, the rows forgotten all the same.
+    # Files written just now (a trial may be storing the same bytes): kept with their rows,
+    # looked at again next time.
     assert uploads.collect(tmp_path, grace_s=60) == []
     assert all(path.exists() for path in files.values())
-    assert uploads.usage("default").count == 0
-    for sha, path in files.items():
-        uploads.reserve("default", sha, 400, **limits)
-        age_upload(probes, sha, 120)
+    assert uploads.usage("default").count == 2
+    for path in files.values():
         os.utime(path, (0, 0))
     assert sorted(uploads.collect(tmp_path, grace_s=60)) == sorted(files)
     assert not any(path.exists() for path in files.values())
+    assert uploads.usage("default").count == 0
     assert trial_file.exists()
+
+
+def test_bytes_another_tenant_still_measures_are_kept_for_it(
+    probes: ProbeRepository, device: Device, tmp_path: Path
+) -> None:
+    uploads = UploadRepository(probes.db)
+    other = DeviceRepository(probes.db).register("other", runtimes=["onnxruntime"], hardware={},
+                                                 threads=1, tenant="globex")
+    path = artifact_path(tmp_path, SHA, "onnx")
+    path.write_bytes(b"x" * 400)
+    os.utime(path, (0, 0))
+    for tenant, on in (("default", device), ("globex", other)):
+        uploads.reserve(tenant, SHA, 400, max_count=5, max_bytes=10_000)
+        request(probes, on)
+        age_upload(probes, SHA, 120)
+    DeviceRepository(probes.db).delete(device.id)
+    assert uploads.collect(tmp_path, grace_s=60) == []
+    assert path.exists()
+    assert uploads.usage("default").count == 0 and uploads.usage("globex").count == 1
 
 
 def test_racing_uploads_cannot_pass_the_quota_together(probes: ProbeRepository) -> None:
@@ -499,8 +518,9 @@ def test_a_probe_nobody_measures_expires_with_the_reason_and_frees_its_upload(
     # A live lease is let run, and its holder's report still lands.
     assert expiring.get(taken.id).status == ProbeStatus.LEASED
     assert expiring.complete(taken.id, "other", RESULT).status == ProbeStatus.DONE
-    # The failed upload no longer counts once collected; another fits the quota of one.
-    uploads.collect(tmp_path, grace_s=0)
+    # Failed since it was reserved: collected at once, the quota of one is free again.
+    os.utime(artifact_path(tmp_path, SHA, "onnx"), (0, 0))
+    assert uploads.collect(tmp_path, grace_s=60) == [SHA]
     assert uploads.usage("default").count == 0
     uploads.reserve("default", "ef" * 32, 400, max_count=1, max_bytes=1000)
     # Asked again, the model is queued anew.
