@@ -70,6 +70,11 @@ class Settings(PoolSettings):
         description="Bytes of uploaded probe models one tenant may hold at once; past it an "
                     "upload answers 413. Models no probe names are collected.",
     )
+    upload_total_bytes: int = Field(
+        default=16 << 30, ge=1024,
+        description="Bytes of uploaded probe models all tenants together may hold; past it an "
+                    "upload answers 413 (tokens of several tenants share this bound).",
+    )
     upload_quota_count: int = Field(
         default=256, ge=1, le=1_000_000,
         description="Uploaded probe models one tenant may hold at once; past it an upload "

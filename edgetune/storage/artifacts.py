@@ -77,17 +77,20 @@ class UploadRepository(Repository):
         return UploadUsage(int(count), int(size))
 
     def reserve(self, tenant: str, sha256: str, size_bytes: int, *, max_count: int,
-                max_bytes: int) -> None:
+                max_bytes: int, max_total_bytes: int | None = None) -> None:
         """Count this upload against `tenant`, or raise `UploadQuotaExceeded` when it would
-        take the tenant past its quota; an upload the tenant already holds costs nothing more.
+        take the tenant past its quota, or all tenants together past `max_total_bytes` (tokens
+        of several tenants do not multiply the disk they may fill); an upload the tenant
+        already holds costs nothing more.
 
-        The check and the count are one transaction that holds the tenant's lock (on SQLite the
-        database's write lock), so that uploads racing each other cannot all pass a check made
-        before any of them was counted. Reserve before queueing the probe that names it: the
-        collector lets an unnamed upload be for `grace_s` after it was reserved.
+        The check and the count are one transaction that holds a lock (the tenant's, or all
+        uploads' with `max_total_bytes`; on SQLite the database's write lock), so that uploads
+        racing each other cannot all pass a check made before any of them was counted.
+        Reserve before queueing the probe that names it: the collector lets an unnamed upload
+        be for `grace_s` after it was reserved.
         """
         with self._session() as session:
-            self._lock(session, tenant)
+            self._lock(session, tenant if max_total_bytes is None else None)
             held = session.get(Upload, (tenant, sha256))
             if held is not None:
                 held.created_at = utcnow()  # named again: not collected while its probe comes
@@ -108,13 +111,24 @@ class UploadRepository(Repository):
                     f"{size_bytes:,} bytes would pass its quota of {max_bytes:,} bytes "
                     "(upload_quota_bytes); models whose probes failed are collected, and "
                     "deleting the devices whose probes you no longer need frees theirs.")
+            if max_total_bytes is not None:
+                total = int(session.scalar(select(func.coalesce(func.sum(Upload.size_bytes),
+                                                                0))) or 0)
+                if total + size_bytes > max_total_bytes:
+                    raise UploadQuotaExceeded(
+                        f"The server holds {total:,} bytes of uploaded models; this one of "
+                        f"{size_bytes:,} bytes would pass the bound for all tenants together, "
+                        f"{max_total_bytes:,} bytes (upload_total_bytes); try again once "
+                        "models whose probes finished are collected.")
             session.add(Upload(tenant=tenant, artifact_sha256=sha256, size_bytes=size_bytes,
                                created_at=utcnow()))
 
     @staticmethod
-    def _lock(session: Session, tenant: str) -> None:
+    def _lock(session: Session, tenant: str | None) -> None:
+        # tenant None: every tenant's uploads.
         if session.get_bind().dialect.name == "postgresql":
-            key = int.from_bytes(hashlib.sha256(f"edgetune-uploads:{tenant}".encode())
+            name = "edgetune-uploads" if tenant is None else f"edgetune-uploads:{tenant}"
+            key = int.from_bytes(hashlib.sha256(name.encode())
                                  .digest()[:8], "big", signed=True)
             session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
         else:

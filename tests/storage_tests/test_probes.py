@@ -547,3 +547,16 @@ def test_every_reader_of_the_queue_expires_overdue_probes(
     assert probes.get(probe.id).status == ProbeStatus.FAILED
     with pytest.raises(ValueError, match="expire_s"):
         ProbeRepository(probes.db, expire_s=0)
+
+
+def test_tokens_of_several_tenants_share_the_servers_upload_bound(
+    probes: ProbeRepository,
+) -> None:
+    uploads = UploadRepository(probes.db)
+    limits = {"max_count": 10, "max_bytes": 1000, "max_total_bytes": 1500}
+    uploads.reserve("default", "ab" * 32, 800, **limits)
+    uploads.reserve("globex", "cd" * 32, 700, **limits)
+    with pytest.raises(UploadQuotaExceeded, match="upload_total_bytes"):
+        uploads.reserve("initech", "ef" * 32, 1, **limits)
+    assert uploads.usage("initech").count == 0
+    uploads.reserve("default", "ab" * 32, 800, **limits)  # held already: costs nothing

@@ -203,7 +203,8 @@ async def _store_upload(request: Request, settings: Settings, tenant: str,
         try:
             await run_in_threadpool(
                 UploadRepository(request.app.state.db).reserve, tenant, sha256, size,
-                max_count=settings.upload_quota_count, max_bytes=settings.upload_quota_bytes)
+                max_count=settings.upload_quota_count, max_bytes=settings.upload_quota_bytes,
+                max_total_bytes=settings.upload_total_bytes)
         except UploadQuotaExceeded as e:
             raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, detail=str(e)) from e
         os.replace(tmp, artifact_path(directory, sha256, format))
