@@ -175,16 +175,19 @@ class ProbeRepository(Repository):
 
     def get(self, probe_id: str, *, tenant: str | None = None) -> Probe:
         with self._session() as session:
+            # Shown as it is: failed when its last lease ran out, or it expired.
+            self._fail_exhausted(session, Probe.id == probe_id)
             self._expire(session, Probe.id == probe_id)
         with self._session() as session:
             return _probe(session, probe_id, tenant)
 
     def expire_overdue(self, *, tenant: str | None = None) -> int:
-        """Fail the probes (of `tenant`, or all) unmeasured for longer than `expire_s`; how
-        many. Nothing when `expire_s` is None."""
+        """Fail the probes (of `tenant`, or all) unmeasured for longer than `expire_s` (how
+        many; none when `expire_s` is None), and those whose last allowed lease ran out."""
+        scope = Probe.tenant == tenant if tenant is not None else true()
         with self._session() as session:
-            return self._expire(session, Probe.tenant == tenant if tenant is not None
-                                else true())
+            self._fail_exhausted(session, scope)
+            return self._expire(session, scope)
 
     def measures_artifact(self, artifact_sha256: str, *, tenant: str) -> bool:
         """Whether a probe of `tenant` names this artifact: what lets the tenant's agents (and
@@ -199,8 +202,8 @@ class ProbeRepository(Repository):
              tenant: str | None = None) -> Probe:
         """The probe once done or failed, or as it is when `timeout_s` has passed.
 
-        A probe whose last allowed lease expired is failed here too, so that a trial whose
-        device's agents all died learns it without waiting for one to come back.
+        A probe whose last allowed lease expired is failed here too (as by `get`), so that a
+        trial whose device's agents all died learns it without waiting for one to come back.
         """
         if not timeout_s >= 0:
             raise ValueError(f"The value of `timeout_s` is {timeout_s}, but must be >= 0.")
@@ -209,12 +212,6 @@ class ProbeRepository(Repository):
         deadline = time.monotonic() + timeout_s
         while True:
             probe = self.get(probe_id, tenant=tenant)
-            if (probe.status == ProbeStatus.LEASED and probe.attempts >= self.max_attempts
-                    and probe.lease_expires_at is not None
-                    and probe.lease_expires_at < utcnow()):
-                with self._session() as session:
-                    self._fail_exhausted(session, Probe.id == probe.id)
-                probe = self.get(probe_id, tenant=tenant)
             left = deadline - time.monotonic()
             if ProbeStatus(probe.status).finished or left <= 0:
                 return probe

@@ -1,18 +1,23 @@
 """Attacks on the probe queue through a real server: a probe no agent ever takes expires with
-the reason and frees its upload; racing uploads cannot pass the quota together; models that
-name files or custom operators are refused; another tenant's agent token reaches nothing of
-this tenant's.
+the reason and frees its upload; a probe whose agents are killed while measuring it stops at
+the attempt cap; racing uploads cannot pass the quota together; models that name files or
+custom operators are refused; another tenant's agent token reaches nothing of this tenant's.
 
-The server runs with a 2 s probe expiry and a quota of one model, so that each attack ends
-quickly; the defaults are an hour and 256 models, the mechanism the same.
+The servers run with a 2 s probe expiry, 1 s leases and a quota of one model, so that each
+attack ends quickly; the defaults are an hour, a minute and 256 models, the mechanism the
+same.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,7 +26,7 @@ from servers import RunningServer, create_token, start_server, stop_server
 
 pytest.importorskip("onnx")
 
-from hostile_models import INPUT, custom_domain, file_reader, relu
+from hostile_models import INPUT, custom_domain, endless_loop, file_reader, relu
 
 pytestmark = pytest.mark.slow
 
@@ -129,3 +134,70 @@ def test_another_tenants_agent_reaches_nothing_of_this_tenant(server: RunningSer
         assert intruder.get(f"/artifacts/{probe['artifact_sha256']}").status_code == 404
         assert intruder.get(f"/probes/{probe['id']}").status_code == 404
         assert user.get(f"/probes/{probe['id']}").json()["status"] in ("pending", "failed")
+
+
+@pytest.fixture(scope="module")
+def short_leases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    running = start_server(tmp_path_factory.mktemp("leases"), workers=0,
+                           env={"EDGETUNE_PROBE_LEASE_S": "1"})
+    yield running
+    stop_server(running)
+
+
+def test_a_probe_whose_agents_are_killed_measuring_it_stops_at_the_attempt_cap(
+    short_leases: RunningServer, tmp_path: Path
+) -> None:
+    # Each agent is SIGKILLed mid-way through a model that never ends (as the kernel's OOM
+    # killer would end it): its lease runs out, and the next agent takes the probe again,
+    # until the third.
+    server = short_leases
+    token = create_token(server, scope="agent")
+    with client(server, scope="user") as user, client(server, scope="agent") as agent:
+        register(agent, "doomed")
+        probe = upload(user, endless_loop(), "doomed").json()
+        for attempt in (1, 2, 3):
+            log = tmp_path / f"agent-{attempt}.log"
+            with log.open("wb") as out:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "edgetune", "agent", "--server", server.url,
+                     "--token", token, "--name", "doomed", "--runtime", "onnxruntime",
+                     "--poll-s", "1", "--measure-timeout-s", "600", "--log-level", "info"],
+                    stdout=out, stderr=subprocess.STDOUT)
+            try:
+                deadline = time.monotonic() + 60
+                while f"measuring probe {probe['id']}" not in log.read_text(errors="replace"):
+                    assert process.poll() is None and time.monotonic() < deadline, \
+                        log.read_text(errors="replace")
+                    time.sleep(0.1)
+                children = _children(process.pid)
+            finally:
+                process.send_signal(signal.SIGKILL)
+                process.wait(timeout=10)
+            shown = user.get(f"/probes/{probe['id']}").json()
+            assert shown["attempts"] == attempt, shown
+            # Its measuring child died with it: nothing keeps running the model.
+            deadline = time.monotonic() + 5
+            while any(_alive(pid) for pid in children):
+                assert time.monotonic() < deadline, children
+                time.sleep(0.1)
+
+        time.sleep(1.5)  # the last lease runs out; no agent comes back
+        failed = user.get(f"/probes/{probe['id']}").json()
+        assert failed["status"] == "failed" and failed["attempts"] == 3, failed
+        assert "stopped answering while measuring, 3 times" in failed["error"]
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        found = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    return [int(c) for c in found]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
