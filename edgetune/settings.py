@@ -80,6 +80,12 @@ class Settings(PoolSettings):
         description="Uploaded probe models one tenant may hold at once; past it an upload "
                     "answers 413.",
     )
+    probe_max_live: int = Field(
+        default=1000, ge=1, le=1_000_000,
+        description="Ad-hoc probes one tenant may have waiting for an agent (pending or "
+                    "leased) at once; past it `POST /probes` answers 429. One model asked with "
+                    "many configurations counts once per probe.",
+    )
     probe_max_input_elements: int = Field(
         default=1 << 25, ge=1, le=1 << 40,
         description="The most input elements (batch_size x input_shape) a probe may ask an "

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, or_, select, true, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, true, update
 from sqlalchemy.orm import Session
 
 from edgetune.errors import ConflictError, InvalidSpecError, NotFoundError, StorageError
@@ -197,6 +197,14 @@ class ProbeRepository(Repository):
                 select(Probe.id).where(Probe.artifact_sha256 == artifact_sha256,
                                        Probe.tenant == tenant).limit(1)
             ) is not None
+
+    def count_live(self, *, tenant: str) -> int:
+        """How many probes of `tenant` wait for an agent (pending or leased)."""
+        with self._session() as session:
+            return int(session.scalar(
+                select(func.count()).select_from(Probe)
+                .where(Probe.tenant == tenant, Probe.status.in_(LIVE_PROBE_STATUSES))
+            ) or 0)
 
     def wait(self, probe_id: str, *, timeout_s: float, poll_s: float = 0.5,
              tenant: str | None = None) -> Probe:

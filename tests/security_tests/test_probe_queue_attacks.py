@@ -139,7 +139,7 @@ def test_another_tenants_agent_reaches_nothing_of_this_tenant(server: RunningSer
 @pytest.fixture(scope="module")
 def short_leases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     running = start_server(tmp_path_factory.mktemp("leases"), workers=0,
-                           env={"EDGETUNE_PROBE_LEASE_S": "1"})
+                           env={"EDGETUNE_PROBE_LEASE_S": "1", "EDGETUNE_PROBE_MAX_LIVE": "3"})
     yield running
     stop_server(running)
 
@@ -185,6 +185,22 @@ def test_a_probe_whose_agents_are_killed_measuring_it_stops_at_the_attempt_cap(
         failed = user.get(f"/probes/{probe['id']}").json()
         assert failed["status"] == "failed" and failed["attempts"] == 3, failed
         assert "stopped answering while measuring, 3 times" in failed["error"]
+
+
+def test_one_model_asked_in_ever_other_ways_cannot_flood_the_queue(
+    short_leases: RunningServer,
+) -> None:
+    # The upload quota counts the model once; the probes it asks for are bounded on their own.
+    with client(short_leases, scope="user", tenant="flood") as user, \
+            client(short_leases, scope="agent", tenant="flood") as agent:
+        register(agent, "target")
+        answers = [user.post("/probes", content=relu(), headers={
+            "Content-Type": "application/octet-stream"}, params={
+            "device": "target", "input_shape": INPUT, "min_repeats": repeats})
+            for repeats in range(1, 5)]
+        assert [a.status_code for a in answers] == [202, 202, 202, 429], answers[-1].text
+        assert "probe_max_live 3" in answers[-1].json()["detail"]
+        assert user.get("/probes").json()["count"] == 3
 
 
 def _children(pid: int) -> list[int]:

@@ -54,6 +54,8 @@ _MODEL_BODY = {
                **_ERRORS, 413: {"model": ErrorPublic,
                                 "description": "Over `max_upload_bytes`, or over the tenant's "
                                                "upload quota."},
+               429: {"model": ErrorPublic,
+                     "description": "The tenant has `probe_max_live` probes waiting."},
                422: {"model": ErrorPublic}},
 )
 async def create_probe(
@@ -88,6 +90,13 @@ async def create_probe(
                              expire_s=settings.probe_expire_s)
     # What expired is failed first, so that its upload is collected and frees the quota.
     await run_in_threadpool(functools.partial(probes.expire_overdue, tenant=caller.tenant))
+    # The upload quota bounds the models, not the probes: one model asked with ever other
+    # configurations would queue without end.
+    live = await run_in_threadpool(functools.partial(probes.count_live, tenant=caller.tenant))
+    if live >= settings.probe_max_live:
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, detail=(
+            f"Tenant {caller.tenant!r} has {live} probes waiting for an agent, the most it may "
+            f"(probe_max_live {settings.probe_max_live}); ask again once some are measured."))
     await run_in_threadpool(UploadRepository(db).collect, settings.artifact_dir)
     sha256 = await _store_upload(request, settings, caller.tenant,
                                  RUNTIMES[params.runtime].artifact_format)
