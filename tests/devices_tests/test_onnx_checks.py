@@ -107,3 +107,25 @@ def test_valid_models_pass_and_garbage_is_named() -> None:
     check_onnx_model(endless_loop())  # valid ONNX: its limits are the measurer's
     with pytest.raises(InvalidSpecError, match="not a valid ONNX model"):
         check_onnx_model(b"\x00" * 64 + b"not a model")
+
+
+@pytest.mark.parametrize("mode", ["fp32", "fp16", "int8-dynamic", "int8-static"])
+def test_the_services_own_exports_pass_the_runtimes_check_in_every_mode(
+    mode: str, tmp_path: Path
+) -> None:
+    # onnx's checker refuses our fp16 exports (nodes unsorted) and quantization imports the
+    # "ai.onnx.training" opset: the runtime checks what keeps it safe, no more.
+    torch = pytest.importorskip("torch")
+    from edgetune.trainers.compression import quantize_onnx
+    from edgetune.trainers.export import _to_onnx
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(2 * 6 * 6, 3)).eval()
+    source, exported = tmp_path / "source.onnx", tmp_path / f"{mode}.onnx"
+    source.write_bytes(_to_onnx(model, torch.zeros(1, 1, 8, 8)))
+    calibration = np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32)
+    quantize_onnx(source, exported, mode, calibration)
+    result = measure_here(exported, runtime="onnxruntime", input_shape=(1, 1, 8, 8),
+                          config=MeasureConfig(warmup=0, min_repeats=2, min_time_s=0,
+                                               timeout_s=None, memory_bytes=None))
+    assert result.n >= 2
