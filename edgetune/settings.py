@@ -123,7 +123,8 @@ class Settings(PoolSettings):
         default=3600.0, gt=0, le=7 * 86_400,
         description="How long a probe may go unmeasured after its request (no agent took it, "
                     "or its agents died) before it fails with the reason and its uploaded "
-                    "model no longer counts against the quota.",
+                    "model no longer counts against the quota. Keep it above "
+                    "`probe_timeout_s`, which a trial waits.",
     )
     auth: bool = Field(
         default=True,

@@ -118,6 +118,20 @@ def test_models_that_name_a_file_or_a_custom_operator_are_refused(
         assert user.get("/probes").json()["count"] == 0
 
 
+def test_ids_that_are_paths_or_carry_nul_bytes_are_refused_before_the_database(
+    server: RunningServer,
+) -> None:
+    token = server.data_dir / "token"
+    with client(server, scope="user") as user:
+        for path in ("/probes/abc%00def", "/probes/..%2F..%2Ftoken", "/probes/" + "a" * 65,
+                     "/artifacts/..%2Ftoken", "/artifacts/" + "0" * 63 + "%00"):
+            answer = user.get(path)
+            assert answer.status_code in (404, 422), (path, answer.text)
+            if token.exists():
+                assert token.read_text().strip() not in answer.text
+        assert user.get("/probes/abc%00def").status_code == 422
+
+
 def test_another_tenants_agent_reaches_nothing_of_this_tenant(server: RunningServer) -> None:
     with client(server, scope="user", tenant="victim") as user, \
             client(server, scope="agent", tenant="victim") as agent, \

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 
 from edgetune.devices.onnx_checks import check_onnx_model
@@ -32,6 +33,11 @@ from edgetune.storage.probes import check_input_elements
 from ..deps import AgentDep, DatabaseDep, ReaderDep, SettingsDep, UserDep
 
 router = APIRouter(prefix="/probes", tags=["probes"])
+
+#: A probe's id as the server makes them (a UUID); anything else (a NUL byte, a path) is 422
+#: before it reaches the database.
+ProbeId = Annotated[str, PathParam(max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
+                                   description="The probe's id.")]
 
 #: The one route whose body may exceed `max_body_bytes` (up to `max_upload_bytes`).
 UPLOAD_PATH = "/probes"
@@ -134,7 +140,7 @@ def list_probes(
 
 
 @router.get("/{probe_id}", response_model=ProbePublic, responses=_ERRORS)
-def get_probe(probe_id: str, db: DatabaseDep, settings: SettingsDep,
+def get_probe(probe_id: ProbeId, db: DatabaseDep, settings: SettingsDep,
               caller: ReaderDep) -> ProbePublic:
     """The probe; one unmeasured for `probe_expire_s` after its request shows failed."""
     return public(ProbeRepository(db, expire_s=settings.probe_expire_s)
@@ -146,7 +152,7 @@ def get_probe(probe_id: str, db: DatabaseDep, settings: SettingsDep,
     responses={**_ERRORS, 409: {"model": ErrorPublic}, 422: {"model": ErrorPublic}},
 )
 def complete_probe(
-    probe_id: str, body: ProbeComplete, db: DatabaseDep, caller: AgentDep
+    probe_id: ProbeId, body: ProbeComplete, db: DatabaseDep, caller: AgentDep
 ) -> ProbePublic:
     """The measurement of the agent holding the probe's lease (`agent`, the owner it leased
     it under). Stored once: the holder posting it again changes nothing. 409 for a probe
@@ -160,7 +166,8 @@ def complete_probe(
     "/{probe_id}:fail", response_model=ProbePublic,
     responses={**_ERRORS, 409: {"model": ErrorPublic}, 422: {"model": ErrorPublic}},
 )
-def fail_probe(probe_id: str, body: ProbeFail, db: DatabaseDep, caller: AgentDep) -> ProbePublic:
+def fail_probe(probe_id: ProbeId, body: ProbeFail, db: DatabaseDep,
+               caller: AgentDep) -> ProbePublic:
     """The agent holding the probe's lease could not measure it; `reason` says why (kept
     printable, at most 500 characters). 409 as for `:complete`."""
     probe = ProbeRepository(db).fail(probe_id, body.agent, body.reason, tenant=caller.tenant)
