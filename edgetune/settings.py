@@ -122,10 +122,21 @@ class Settings(PoolSettings):
         description="Bytes of uploaded probe models one tenant may hold at once; past it an "
                     "upload answers 413. Models no probe names are collected.",
     )
+    upload_total_bytes: int = Field(
+        default=16 << 30, ge=1024,
+        description="Bytes of uploaded probe models all tenants together may hold; past it an "
+                    "upload answers 413 (tokens of several tenants share this bound).",
+    )
     upload_quota_count: int = Field(
         default=256, ge=1, le=1_000_000,
         description="Uploaded probe models one tenant may hold at once; past it an upload "
                     "answers 413.",
+    )
+    probe_max_live: int = Field(
+        default=1000, ge=1, le=1_000_000,
+        description="Ad-hoc probes one tenant may have waiting for an agent (pending or "
+                    "leased) at once; past it `POST /probes` answers 429. One model asked with "
+                    "many configurations counts once per probe.",
     )
     probe_max_input_elements: int = Field(
         default=1 << 25, ge=1, le=1 << 40,
@@ -176,6 +187,13 @@ class Settings(PoolSettings):
         default=600.0, gt=0, le=86_400,
         description="How long a trial waits for a registered device to measure its model "
                     "before it fails with the reason.",
+    )
+    probe_expire_s: float = Field(
+        default=3600.0, gt=0, le=7 * 86_400,
+        description="How long a probe may go unmeasured after its request (no agent took it, "
+                    "or its agents died) before it fails with the reason and its uploaded "
+                    "model no longer counts against the quota. Keep it above "
+                    "`probe_timeout_s`, which a trial waits.",
     )
     auth: bool = Field(
         default=True,

@@ -54,3 +54,41 @@ def huge_constant(size_bytes: int = 8 << 30) -> bytes:
 def relu(variant: int = 0) -> bytes:
     """A harmless model: the next probe after an attack. Each `variant` has other bytes."""
     return _model([helper.make_node("Relu", ["input"], ["output"])], name=f"relu{variant}")
+
+
+def file_reader(location: str, *, sparse: bool = True, elements: int = 2) -> bytes:
+    """A `Reshape` of the input to a shape read from the file at `location` (an external
+    tensor, stored sparse by default, which an initializer-only check misses): onnxruntime
+    reads the file when it builds the session, and its error quotes the shape, the file's
+    bytes as int64 numbers."""
+    values = TensorProto(name="shape", data_type=TensorProto.INT64, dims=[elements],
+                         data_location=TensorProto.EXTERNAL)
+    for key, value in (("location", location), ("offset", "0"),
+                       ("length", str(8 * elements))):
+        values.external_data.add(key=key, value=value)
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["input", "shape"], ["output"])], "reader",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, *INPUT])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)])
+    if sparse:
+        indices = helper.make_tensor("shape_indices", TensorProto.INT64, [elements],
+                                     list(range(elements)))
+        graph.sparse_initializer.append(helper.make_sparse_tensor(values, indices, [elements]))
+    else:
+        graph.initializer.append(values)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return bytes(model.SerializeToString())
+
+
+def custom_domain(domain: str = "com.example.evil") -> bytes:
+    """A node of an operator domain no runtime implements itself: what a custom-op library
+    would register."""
+    graph = helper.make_graph(
+        [helper.make_node("Evil", ["input"], ["output"], domain=domain)], "custom",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, *INPUT])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, *INPUT])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid(domain, 1)])
+    model.ir_version = 8
+    return bytes(model.SerializeToString())

@@ -29,10 +29,13 @@ def main(argv: list[str] | None = None) -> None:
     _die_with_parent(parent)
     # Whoever started it decides when it ends; Ctrl-C in a terminal is for them.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if args.memory_bytes is not None:
-        import resource
+    import resource
 
+    if args.memory_bytes is not None:
         resource.setrlimit(resource.RLIMIT_AS, (args.memory_bytes, args.memory_bytes))
+    # A model that crashes the engine must not leave a core file of up to the memory limit
+    # (per crash, on the agent's disk).
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     _warm_up()
     _send(protocol, {"ready": True, "pid": os.getpid()})
     for line in sys.stdin.buffer:

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import platform
+import re
 import secrets
 import signal
 import socket
@@ -46,6 +47,7 @@ _CHUNK = 1 << 16
 DEFAULT_MAX_INPUT_ELEMENTS = 1 << 25
 #: A failure reason is at most this long: it says what failed, never what a file held.
 REASON_CHARS = 300
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class _Stopping(BaseException):
@@ -127,6 +129,9 @@ class Agent:
         self.measure_timeout_s = measure_timeout_s
         self.memory_bytes = self._measurer.memory_bytes
         self.max_input_elements = max_input_elements
+        # A probe's thread count is the requester's to choose: one thread per CPU at most, so
+        # that a probe asking for 1024 starts no thousand threads here.
+        self.max_threads = max(threads, _usable_cpus())
         self.name = name
         self.runtimes = list(runtimes)
         self.threads = threads
@@ -258,9 +263,17 @@ class Agent:
         runtime = probe["runtime"]
         if runtime not in self.runtimes:
             raise ValueError(f"this agent offers runtimes {self.runtimes}, not {runtime!r}")
+        sha256 = str(probe["artifact_sha256"])
+        if not _SHA256.fullmatch(sha256):  # it names a file here and a URL there
+            raise ValueError(f"The probe's artifact_sha256 is {sha256[:80]!r}, but must be 64 "
+                             "lowercase hex digits.")
+        threads = int(probe["threads"])
+        if threads > self.max_threads:
+            raise ValueError(f"The probe asks for {threads} threads, but this agent runs at "
+                             f"most {self.max_threads} (the CPUs it may use).")
         min_time_s = float(probe["min_time_s"])
         config = MeasureConfig(
-            threads=int(probe["threads"]), warmup=int(probe["warmup"]),
+            threads=threads, warmup=int(probe["warmup"]),
             min_repeats=int(probe["min_repeats"]), min_time_s=min_time_s,
             # A slow model stops at this bound with fewer repeats, rather than holding its
             # lease on and on, and well inside the time limit that kills it.
@@ -274,7 +287,7 @@ class Agent:
                              f"agent builds at most {self.max_input_elements:,} "
                              "(max_input_elements).")
         with tempfile.TemporaryDirectory(prefix="edgetune-agent-") as tmp:
-            path = self.download(probe["artifact_sha256"], Path(tmp))
+            path = self.download(sha256, Path(tmp))
             start = time.perf_counter()
             measured = LatencyResult(**self._measurer.measure(
                 path, runtime=runtime, input_shape=shape, config=config,
@@ -364,6 +377,12 @@ def failure_reason(context: str, error: BaseException) -> str:
     message = "".join(c for c in (lines[0] if lines else "") if c.isprintable())
     reason = f"{context}: {type(error).__name__}" + (f": {message}" if message else "")
     return reason if len(reason) <= REASON_CHARS else reason[:REASON_CHARS - 3] + "..."
+
+
+def _usable_cpus() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _pinned_cpus(cpus: Sequence[int] | str, threads: int) -> tuple[int, ...] | None:

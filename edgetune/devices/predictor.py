@@ -90,7 +90,8 @@ def graph_features(onnx_path: str | Path, *, max_bytes: int | None = None) -> di
         raise ValueError(f"{name} has {size} bytes, over the {max_bytes} bytes whose features "
                          "are read (EDGETUNE_PREDICTOR_MAX_GRAPH_BYTES)")
     try:
-        model = onnx.load(str(onnx_path))
+        # An uploaded model's tensors may name files: the features need shapes, not data.
+        model = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as e:  # onnx raises its own kinds, or protobuf's DecodeError
         raise ValueError(f"cannot read {name} as ONNX: {e}") from e
     if len(model.graph.node) > MAX_GRAPH_NODES:

@@ -3,7 +3,8 @@
 A probe goes pending -> leased -> done or failed. An agent leases the oldest pending probe of
 its device for a while; if it stops answering, the lease expires and another agent (or the
 same one, restarted) leases the probe again, up to `max_attempts` leases, after which the probe
-fails. Done and failed are final: whatever comes later changes nothing.
+fails. A probe not measured within `expire_s` of its request (no agent ever took it, or its
+agents died) fails too. Done and failed are final: whatever comes later changes nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, true, update
 from sqlalchemy.orm import Session
 
 from edgetune.errors import ConflictError, InvalidSpecError, NotFoundError, StorageError
@@ -76,15 +77,27 @@ class ProbeRepository(Repository):
     The holder's retries after the probe finished change nothing.
 
     `max_input_elements` bounds a probe's input (batch included): an agent builds that array.
+
+    `expire_s` (None: never) is how long a probe may go unmeasured after its request: past it,
+    a pending probe, or a leased one whose lease ran out, fails saying so, wherever it is next
+    read, leased, waited on or asked for again (`expire_overdue`). A live lease is let run: its
+    holder may still report. Only then does a failed probe free its key for a new request, and
+    its upload for the collector.
     """
 
     def __init__(self, db: Database, *, max_attempts: int = MAX_ATTEMPTS,
-                 max_input_elements: int = MAX_INPUT_ELEMENTS) -> None:
+                 max_input_elements: int = MAX_INPUT_ELEMENTS,
+                 expire_s: float | None = None) -> None:
         super().__init__(db)
         check_int("max_attempts", max_attempts, 1)
         check_int("max_input_elements", max_input_elements, 1)
+        if expire_s is not None and (isinstance(expire_s, bool) or not expire_s > 0
+                                     or not math.isfinite(expire_s)):
+            raise ValueError(f"The value of `expire_s` is {expire_s!r}, but must be a finite "
+                             "number > 0 or None.")
         self.max_attempts = max_attempts
         self.max_input_elements = max_input_elements
+        self.expire_s = expire_s
         self._devices = DeviceRepository(db)
 
     # --- the trial's side ----------------------------------------------------------------
@@ -129,6 +142,9 @@ class ProbeRepository(Repository):
                               warmup=warmup, min_repeats=min_repeats, min_time_s=min_time_s)
         for _ in range(_INSERT_TRIES):
             with self._session() as session:
+                # An overdue probe answers nothing: it fails, and this request queues anew.
+                self._expire(session, Probe.cache_key == key)
+            with self._session() as session:
                 cached = session.scalars(
                     select(Probe)
                     .where(Probe.cache_key == key,
@@ -159,7 +175,19 @@ class ProbeRepository(Repository):
 
     def get(self, probe_id: str, *, tenant: str | None = None) -> Probe:
         with self._session() as session:
+            # Shown as it is: failed when its last lease ran out, or it expired.
+            self._fail_exhausted(session, Probe.id == probe_id)
+            self._expire(session, Probe.id == probe_id)
+        with self._session() as session:
             return _probe(session, probe_id, tenant)
+
+    def expire_overdue(self, *, tenant: str | None = None) -> int:
+        """Fail the probes (of `tenant`, or all) unmeasured for longer than `expire_s` (how
+        many; none when `expire_s` is None), and those whose last allowed lease ran out."""
+        scope = Probe.tenant == tenant if tenant is not None else true()
+        with self._session() as session:
+            self._fail_exhausted(session, scope)
+            return self._expire(session, scope)
 
     def measures_artifact(self, artifact_sha256: str, *, tenant: str) -> bool:
         """Whether a probe of `tenant` names this artifact: what lets the tenant's agents (and
@@ -170,12 +198,20 @@ class ProbeRepository(Repository):
                                        Probe.tenant == tenant).limit(1)
             ) is not None
 
+    def count_live(self, *, tenant: str) -> int:
+        """How many probes of `tenant` wait for an agent (pending or leased)."""
+        with self._session() as session:
+            return int(session.scalar(
+                select(func.count()).select_from(Probe)
+                .where(Probe.tenant == tenant, Probe.status.in_(LIVE_PROBE_STATUSES))
+            ) or 0)
+
     def wait(self, probe_id: str, *, timeout_s: float, poll_s: float = 0.5,
              tenant: str | None = None) -> Probe:
         """The probe once done or failed, or as it is when `timeout_s` has passed.
 
-        A probe whose last allowed lease expired is failed here too, so that a trial whose
-        device's agents all died learns it without waiting for one to come back.
+        A probe whose last allowed lease expired is failed here too (as by `get`), so that a
+        trial whose device's agents all died learns it without waiting for one to come back.
         """
         if not timeout_s >= 0:
             raise ValueError(f"The value of `timeout_s` is {timeout_s}, but must be >= 0.")
@@ -184,12 +220,6 @@ class ProbeRepository(Repository):
         deadline = time.monotonic() + timeout_s
         while True:
             probe = self.get(probe_id, tenant=tenant)
-            if (probe.status == ProbeStatus.LEASED and probe.attempts >= self.max_attempts
-                    and probe.lease_expires_at is not None
-                    and probe.lease_expires_at < utcnow()):
-                with self._session() as session:
-                    self._fail_exhausted(session, Probe.id == probe.id)
-                probe = self.get(probe_id, tenant=tenant)
             left = deadline - time.monotonic()
             if ProbeStatus(probe.status).finished or left <= 0:
                 return probe
@@ -216,6 +246,7 @@ class ProbeRepository(Repository):
         limit: int = 50,
     ) -> tuple[Sequence[Probe], int]:
         """Probes newest first, and how many match in all."""
+        self.expire_overdue(tenant=tenant)
         query = select(Probe)
         if tenant is not None:
             query = query.where(Probe.tenant == tenant)
@@ -239,6 +270,7 @@ class ProbeRepository(Repository):
             raise ValueError(f"The value of `lease_s` is {lease_s}, but must be > 0.")
         with self._session() as session:
             self._fail_exhausted(session, Probe.device_id == device_id)
+            self._expire(session, Probe.device_id == device_id)
         now = utcnow()
         takeable = or_(
             Probe.status == ProbeStatus.PENDING.value,
@@ -313,6 +345,31 @@ class ProbeRepository(Repository):
                 raise ConflictError(f"probe {probe_id!r} is not leased to this agent: only the "
                                     "holder of its lease may report on it")
             return probe
+
+    def _expire(self, session: Session, scope: ColumnElement[bool]) -> int:
+        """Fail the probes in `scope` requested more than `expire_s` ago and not measured: the
+        pending ones, and the leased ones whose lease ran out. A read finds them first, so that
+        reads of a healthy queue do not write."""
+        if self.expire_s is None:
+            return 0
+        now = utcnow()
+        overdue = and_(
+            scope, Probe.created_at < now - timedelta(seconds=self.expire_s),
+            or_(Probe.status == ProbeStatus.PENDING.value,
+                and_(Probe.status == ProbeStatus.LEASED.value, Probe.lease_expires_at < now)),
+        )
+        found = session.scalars(select(Probe.id).where(overdue)).all()
+        if not found:
+            return 0
+        result = session.execute(
+            update(Probe).where(Probe.id.in_(found), overdue)
+            .values(status=ProbeStatus.FAILED.value, finished_at=now, lease_expires_at=None,
+                    error=f"no agent of the device measured the model within "
+                          f"{self.expire_s:g} s of the request (probe_expire_s): is the "
+                          "device's agent running? Ask again to queue it anew")
+            .execution_options(synchronize_session=False)
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]
 
     def _fail_exhausted(self, session: Session, scope: ColumnElement[bool]) -> None:
         """Fail the probes in `scope` whose last allowed lease expired. A read finds them first,

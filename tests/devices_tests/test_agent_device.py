@@ -125,3 +125,21 @@ def test_an_agent_refuses_an_input_over_its_bound_before_downloading() -> None:
              "artifact_sha256": "0" * 64}
     with pytest.raises(ValueError, match=r"400,000,000 elements.*at most 1,000"):
         agent._measure(probe)  # no server runs: it never gets as far as downloading
+
+
+@pytest.mark.parametrize(("change", "refusal"), [
+    ({"threads": 4096}, r"4096 threads, but this agent runs at most \d+"),
+    ({"artifact_sha256": "../../etc/passwd"}, r"artifact_sha256 is '\.\./\.\./etc/passwd'"),
+    ({"artifact_sha256": "A" * 64}, "64 lowercase hex digits"),
+])
+def test_an_agent_refuses_a_probe_it_would_build_too_many_threads_or_a_path_for(
+    change: dict[str, object], refusal: str
+) -> None:
+    # What the probe's requester chose: a thread per CPU at most, and a hash as a file name.
+    agent = Agent(SERVER, name="edge", threads=1)
+    probe = {"runtime": "onnxruntime", "threads": 1, "warmup": 0, "min_repeats": 1,
+             "min_time_s": 0.0, "batch_size": 1, "input_shape": [4],
+             "artifact_sha256": "0" * 64, **change}
+    with pytest.raises(ValueError, match=refusal):
+        agent._measure(probe)  # refused before any download (no server runs)
+    assert agent.max_threads >= 1

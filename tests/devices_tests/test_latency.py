@@ -329,3 +329,23 @@ def test_a_stop_request_kills_the_measurement(tmp_path: Path) -> None:
 def test_bad_limits_name_the_field(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=f"`{field}` is {value}"):
         MeasureConfig(**{field: value})
+
+
+def test_the_measuring_child_runs_under_its_limits_and_dumps_no_core(tmp_path: Path) -> None:
+    _skip_without_engine("onnxruntime")
+    from hostile_models import INPUT, relu
+
+    from edgetune.devices.measurer import Measurer
+
+    measurer = Measurer(memory_bytes=1 << 30)
+    try:
+        measurer.measure(_onnx_file(tmp_path, "relu", relu()), runtime="onnxruntime",
+                         input_shape=(1, *INPUT), config=FAST, timeout_s=60)
+        assert measurer._child is not None
+        limits = Path(f"/proc/{measurer._child.pid}/limits").read_text().splitlines()
+    finally:
+        measurer.close()
+    soft_and_hard = {line[:26].strip(): line[26:].split()[:2] for line in limits[1:]}
+    # Hard limits too: nothing in the child raises them again.
+    assert soft_and_hard["Max address space"] == [str(1 << 30)] * 2
+    assert soft_and_hard["Max core file size"] == ["0", "0"]

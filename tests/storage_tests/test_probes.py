@@ -25,6 +25,7 @@ from edgetune.storage import (
     utcnow,
 )
 from edgetune.storage.artifacts import UploadQuotaExceeded, UploadRepository, artifact_path
+from edgetune.storage.models import Upload
 from edgetune.storage.probes import MAX_REASON_CHARS
 
 SHA = "ab" * 32
@@ -399,6 +400,19 @@ def test_invalid_results_are_refused_naming_the_field(
     assert got.status == ProbeStatus.LEASED and got.result is None
 
 
+def age(probes: ProbeRepository, probe_id: str, seconds: float) -> None:
+    """Make a probe as old as if it had been requested `seconds` ago."""
+    with probes.db.engine.begin() as conn:
+        conn.execute(sa.update(Probe).where(Probe.id == probe_id)
+                     .values(created_at=utcnow() - timedelta(seconds=seconds)))
+
+
+def age_upload(probes: ProbeRepository, sha: str, seconds: float) -> None:
+    with probes.db.engine.begin() as conn:
+        conn.execute(sa.update(Upload).where(Upload.artifact_sha256 == sha)
+                     .values(created_at=utcnow() - timedelta(seconds=seconds)))
+
+
 def test_uploads_count_against_a_quota_and_are_collected_once_no_probe_names_them(
     probes: ProbeRepository, device: Device, tmp_path: Path
 ) -> None:
@@ -406,34 +420,143 @@ def test_uploads_count_against_a_quota_and_are_collected_once_no_probe_names_the
     limits = {"max_count": 2, "max_bytes": 1000}
     files = {}
     for sha in ("ab" * 32, "cd" * 32):
-        uploads.check_quota("default", sha, 400, **limits)
+        uploads.reserve("default", sha, 400, **limits)
         files[sha] = artifact_path(tmp_path, sha, "onnx")
         files[sha].write_bytes(b"x" * 400)
         request(probes, device, sha=sha)
-        uploads.record("default", sha, 400)
-    uploads.record("default", "ab" * 32, 400)  # held already: counted once
+    uploads.reserve("default", "ab" * 32, 400, **limits)  # held already: counted once
     assert uploads.usage("default").count == 2 and uploads.usage("default").size_bytes == 800
-    # What the tenant holds costs nothing more; a third model, or more bytes, is refused.
-    uploads.check_quota("default", "ab" * 32, 400, **limits)
+    # A third model, or more bytes, is refused.
     with pytest.raises(UploadQuotaExceeded, match="upload_quota_count 2"):
-        uploads.check_quota("default", "ef" * 32, 1, **limits)
+        uploads.reserve("default", "ef" * 32, 1, **limits)
     with pytest.raises(UploadQuotaExceeded, match="upload_quota_bytes"):
-        uploads.check_quota("default", "ef" * 32, 300, max_count=5, max_bytes=1000)
+        uploads.reserve("default", "ef" * 32, 300, max_count=5, max_bytes=1000)
+    assert uploads.usage("default").count == 2  # nothing refused was counted
     # Another tenant has a quota of its own.
-    uploads.check_quota("globex", "ef" * 32, 900, **limits)
+    uploads.reserve("globex", "ef" * 32, 900, **limits)
 
     # A trial's own artifact has no upload row: never collected.
     trial_file = artifact_path(tmp_path, "12" * 32, "onnx")
     trial_file.write_bytes(b"trial")
     assert uploads.collect(tmp_path, grace_s=0) == []  # probes name both uploads
     DeviceRepository(probes.db).delete(device.id)
-    # Written just now: an upload may be in flight, the grace keeps the files.
+    # Reserved just now: its probe may be on its way, the grace keeps row and file.
     assert uploads.collect(tmp_path, grace_s=3600) == []
+    assert uploads.usage("default").count == 2
+    for sha in files:
+        age_upload(probes, sha, 120)
+    # Files written just now (a trial may be storing the same bytes): kept with their rows,
+    # looked at again next time.
+    assert uploads.collect(tmp_path, grace_s=60) == []
     assert all(path.exists() for path in files.values())
-    assert uploads.usage("default").count == 0  # forgotten all the same
-    for sha, path in files.items():
-        uploads.record("default", sha, 400)
+    assert uploads.usage("default").count == 2
+    for path in files.values():
         os.utime(path, (0, 0))
     assert sorted(uploads.collect(tmp_path, grace_s=60)) == sorted(files)
     assert not any(path.exists() for path in files.values())
+    assert uploads.usage("default").count == 0
     assert trial_file.exists()
+
+
+def test_bytes_another_tenant_still_measures_are_kept_for_it(
+    probes: ProbeRepository, device: Device, tmp_path: Path
+) -> None:
+    uploads = UploadRepository(probes.db)
+    other = DeviceRepository(probes.db).register("other", runtimes=["onnxruntime"], hardware={},
+                                                 threads=1, tenant="globex")
+    path = artifact_path(tmp_path, SHA, "onnx")
+    path.write_bytes(b"x" * 400)
+    os.utime(path, (0, 0))
+    for tenant, on in (("default", device), ("globex", other)):
+        uploads.reserve(tenant, SHA, 400, max_count=5, max_bytes=10_000)
+        request(probes, on)
+        age_upload(probes, SHA, 120)
+    DeviceRepository(probes.db).delete(device.id)
+    assert uploads.collect(tmp_path, grace_s=60) == []
+    assert path.exists()
+    assert uploads.usage("default").count == 0 and uploads.usage("globex").count == 1
+
+
+def test_racing_uploads_cannot_pass_the_quota_together(probes: ProbeRepository) -> None:
+    # Each racer checks and counts at once; a check made before the others counted would let
+    # all of them in.
+    uploads = UploadRepository(probes.db)
+    shas = [f"{i:064x}" for i in range(8)]
+
+    def upload(i: int) -> bool:
+        try:
+            uploads.reserve("default", shas[i], 10, max_count=3, max_bytes=10_000)
+        except UploadQuotaExceeded:
+            return False
+        return True
+
+    admitted = race(upload, len(shas))
+    assert sum(admitted) == 3
+    assert uploads.usage("default").count == 3
+
+
+def test_a_probe_nobody_measures_expires_with_the_reason_and_frees_its_upload(
+    probes: ProbeRepository, device: Device, tmp_path: Path
+) -> None:
+    expiring = ProbeRepository(probes.db, expire_s=600)
+    uploads = UploadRepository(probes.db)
+    uploads.reserve("default", SHA, 400, max_count=1, max_bytes=1000)
+    artifact_path(tmp_path, SHA, "onnx").write_bytes(b"x" * 400)
+    never_taken = request(expiring, device)
+    taken = request(expiring, device, sha="cd" * 32)
+    expiring.lease(device.id, "agent", lease_s=60)  # the oldest: never_taken
+    held = expiring.lease(device.id, "other", lease_s=60)
+    assert held is not None and held.id == taken.id
+    for probe in (never_taken, taken):
+        age(probes, probe.id, 601)
+    expire(probes, never_taken.id)  # its agent died: the lease ran out
+    assert probes.get(never_taken.id).status == ProbeStatus.LEASED  # no expiry without one
+
+    failed = expiring.get(never_taken.id, tenant="default")
+    assert failed.status == ProbeStatus.FAILED and failed.result is None
+    assert "within 600 s" in failed.error and "probe_expire_s" in failed.error
+    # A live lease is let run, and its holder's report still lands.
+    assert expiring.get(taken.id).status == ProbeStatus.LEASED
+    assert expiring.complete(taken.id, "other", RESULT).status == ProbeStatus.DONE
+    # Failed since it was reserved: collected at once, the quota of one is free again.
+    os.utime(artifact_path(tmp_path, SHA, "onnx"), (0, 0))
+    assert uploads.collect(tmp_path, grace_s=60) == [SHA]
+    assert uploads.usage("default").count == 0
+    uploads.reserve("default", "ef" * 32, 400, max_count=1, max_bytes=1000)
+    # Asked again, the model is queued anew.
+    again = request(expiring, device)
+    assert again.id != never_taken.id and again.status == ProbeStatus.PENDING
+
+
+@pytest.mark.parametrize("reader", ["list", "lease", "request", "wait"])
+def test_every_reader_of_the_queue_expires_overdue_probes(
+    probes: ProbeRepository, device: Device, reader: str
+) -> None:
+    expiring = ProbeRepository(probes.db, expire_s=60)
+    probe = request(expiring, device)
+    age(probes, probe.id, 61)
+    if reader == "list":
+        rows, _ = expiring.list(tenant="default", status="pending")
+        assert rows == []
+    elif reader == "lease":
+        assert expiring.lease(device.id, "agent", lease_s=60) is None
+    elif reader == "request":
+        assert request(expiring, device).id != probe.id
+    else:
+        assert expiring.wait(probe.id, timeout_s=0).status == ProbeStatus.FAILED
+    assert probes.get(probe.id).status == ProbeStatus.FAILED
+    with pytest.raises(ValueError, match="expire_s"):
+        ProbeRepository(probes.db, expire_s=0)
+
+
+def test_tokens_of_several_tenants_share_the_servers_upload_bound(
+    probes: ProbeRepository,
+) -> None:
+    uploads = UploadRepository(probes.db)
+    limits = {"max_count": 10, "max_bytes": 1000, "max_total_bytes": 1500}
+    uploads.reserve("default", "ab" * 32, 800, **limits)
+    uploads.reserve("globex", "cd" * 32, 700, **limits)
+    with pytest.raises(UploadQuotaExceeded, match="upload_total_bytes"):
+        uploads.reserve("initech", "ef" * 32, 1, **limits)
+    assert uploads.usage("initech").count == 0
+    uploads.reserve("default", "ab" * 32, 800, **limits)  # held already: costs nothing

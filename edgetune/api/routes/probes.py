@@ -3,6 +3,7 @@ and the agents' reports."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import uuid
@@ -10,10 +11,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 
+from edgetune.devices.onnx_checks import check_onnx_model
 from edgetune.devices.runtimes import RUNTIMES
-from edgetune.errors import InvalidSpecError, MissingDependencyError, NotFoundError
+from edgetune.errors import InvalidSpecError, NotFoundError
 from edgetune.schemas import (
     ErrorPublic,
     ProbeComplete,
@@ -30,6 +33,11 @@ from edgetune.storage.probes import check_input_elements
 from ..deps import AgentDep, DatabaseDep, ReaderDep, SettingsDep, UserDep
 
 router = APIRouter(prefix="/probes", tags=["probes"])
+
+#: A probe's id as the server makes them (a UUID); anything else (a NUL byte, a path) is 422
+#: before it reaches the database.
+ProbeId = Annotated[str, PathParam(max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
+                                   description="The probe's id.")]
 
 #: The one route whose body may exceed `max_body_bytes` (up to `max_upload_bytes`).
 UPLOAD_PATH = "/probes"
@@ -52,6 +60,8 @@ _MODEL_BODY = {
                **_ERRORS, 413: {"model": ErrorPublic,
                                 "description": "Over `max_upload_bytes`, or over the tenant's "
                                                "upload quota."},
+               429: {"model": ErrorPublic,
+                     "description": "The tenant has `probe_max_live` probes waiting."},
                422: {"model": ErrorPublic}},
 )
 async def create_probe(
@@ -82,11 +92,20 @@ async def create_probe(
     if params.runtime not in device.runtimes:
         raise InvalidSpecError("runtime", f"device {device.name!r} does not offer runtime "
                                           f"{params.runtime!r}; it offers {device.runtimes}")
-    uploads = UploadRepository(db)
-    await run_in_threadpool(uploads.collect, settings.artifact_dir)
-    sha256, size = await _store_upload(request, settings, caller.tenant,
-                                       RUNTIMES[params.runtime].artifact_format)
-    probes = ProbeRepository(db, max_input_elements=settings.probe_max_input_elements)
+    probes = ProbeRepository(db, max_input_elements=settings.probe_max_input_elements,
+                             expire_s=settings.probe_expire_s)
+    # What expired is failed first, so that its upload is collected and frees the quota.
+    await run_in_threadpool(functools.partial(probes.expire_overdue, tenant=caller.tenant))
+    # The upload quota bounds the models, not the probes: one model asked with ever other
+    # configurations would queue without end.
+    live = await run_in_threadpool(functools.partial(probes.count_live, tenant=caller.tenant))
+    if live >= settings.probe_max_live:
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, detail=(
+            f"Tenant {caller.tenant!r} has {live} probes waiting for an agent, the most it may "
+            f"(probe_max_live {settings.probe_max_live}); ask again once some are measured."))
+    await run_in_threadpool(UploadRepository(db).collect, settings.artifact_dir)
+    sha256 = await _store_upload(request, settings, caller.tenant,
+                                 RUNTIMES[params.runtime].artifact_format)
     probe = await run_in_threadpool(
         probes.request, device.id, tenant=caller.tenant, artifact_sha256=sha256,
         runtime=params.runtime,
@@ -98,8 +117,6 @@ async def create_probe(
         min_time_s=(params.min_time_s if params.min_time_s is not None
                     else settings.latency_min_time_s),
     )
-    # Counted once its probe names it: the collector forgets uploads no probe names.
-    await run_in_threadpool(uploads.record, caller.tenant, sha256, size)
     if probe.status == "done":
         response.status_code = status.HTTP_200_OK
     return public(probe)
@@ -108,6 +125,7 @@ async def create_probe(
 @router.get("", response_model=ProbesPublic, responses=_ERRORS)
 def list_probes(
     db: DatabaseDep,
+    settings: SettingsDep,
     caller: ReaderDep,
     device: Annotated[str | None, Query(max_length=128, description="Name or id.")] = None,
     status: Annotated[str | None, Query(pattern="^(pending|leased|done|failed)$")] = None,
@@ -116,14 +134,17 @@ def list_probes(
 ) -> ProbesPublic:
     """Probes, newest first."""
     device_id = find_device(db, device, caller.tenant).id if device is not None else None
-    rows, count = ProbeRepository(db).list(tenant=caller.tenant, device_id=device_id,
-                                           status=status, offset=offset, limit=limit)
+    rows, count = ProbeRepository(db, expire_s=settings.probe_expire_s).list(
+        tenant=caller.tenant, device_id=device_id, status=status, offset=offset, limit=limit)
     return ProbesPublic(data=[public(p) for p in rows], count=count)
 
 
 @router.get("/{probe_id}", response_model=ProbePublic, responses=_ERRORS)
-def get_probe(probe_id: str, db: DatabaseDep, caller: ReaderDep) -> ProbePublic:
-    return public(ProbeRepository(db).get(probe_id, tenant=caller.tenant))
+def get_probe(probe_id: ProbeId, db: DatabaseDep, settings: SettingsDep,
+              caller: ReaderDep) -> ProbePublic:
+    """The probe; one unmeasured for `probe_expire_s` after its request shows failed."""
+    return public(ProbeRepository(db, expire_s=settings.probe_expire_s)
+                  .get(probe_id, tenant=caller.tenant))
 
 
 @router.post(
@@ -131,7 +152,7 @@ def get_probe(probe_id: str, db: DatabaseDep, caller: ReaderDep) -> ProbePublic:
     responses={**_ERRORS, 409: {"model": ErrorPublic}, 422: {"model": ErrorPublic}},
 )
 def complete_probe(
-    probe_id: str, body: ProbeComplete, db: DatabaseDep, caller: AgentDep
+    probe_id: ProbeId, body: ProbeComplete, db: DatabaseDep, caller: AgentDep
 ) -> ProbePublic:
     """The measurement of the agent holding the probe's lease (`agent`, the owner it leased
     it under). Stored once: the holder posting it again changes nothing. 409 for a probe
@@ -145,7 +166,8 @@ def complete_probe(
     "/{probe_id}:fail", response_model=ProbePublic,
     responses={**_ERRORS, 409: {"model": ErrorPublic}, 422: {"model": ErrorPublic}},
 )
-def fail_probe(probe_id: str, body: ProbeFail, db: DatabaseDep, caller: AgentDep) -> ProbePublic:
+def fail_probe(probe_id: ProbeId, body: ProbeFail, db: DatabaseDep,
+               caller: AgentDep) -> ProbePublic:
     """The agent holding the probe's lease could not measure it; `reason` says why (kept
     printable, at most 500 characters). 409 as for `:complete`."""
     probe = ProbeRepository(db).fail(probe_id, body.agent, body.reason, tenant=caller.tenant)
@@ -171,10 +193,10 @@ def find_device(db: Database, name_or_id: str, tenant: str) -> Device:
 
 
 async def _store_upload(request: Request, settings: Settings, tenant: str,
-                        format: str) -> tuple[str, int]:
+                        format: str) -> str:
     """Stream the body into the artifact directory under its sha256 (never a client's name),
-    once it is known to be a model of `format` within the tenant's quota; its sha256 and
-    size."""
+    once it is known to be a model of `format` and counted within the tenant's quota; its
+    sha256."""
     directory = settings.artifact_dir
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / f".upload-{uuid.uuid4().hex}.part"
@@ -196,49 +218,21 @@ async def _store_upload(request: Request, settings: Settings, tenant: str,
         await run_in_threadpool(_check_model, tmp, format)
         try:
             await run_in_threadpool(
-                UploadRepository(request.app.state.db).check_quota, tenant, sha256, size,
-                max_count=settings.upload_quota_count, max_bytes=settings.upload_quota_bytes)
+                UploadRepository(request.app.state.db).reserve, tenant, sha256, size,
+                max_count=settings.upload_quota_count, max_bytes=settings.upload_quota_bytes,
+                max_total_bytes=settings.upload_total_bytes)
         except UploadQuotaExceeded as e:
             raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, detail=str(e)) from e
         os.replace(tmp, artifact_path(directory, sha256, format))
-        return sha256, size
+        return sha256
     finally:
         tmp.unlink(missing_ok=True)
 
 
 def _check_model(path: Path, format: str) -> None:
     """Raise `InvalidSpecError` naming `model` unless the file is a well-formed,
-    self-contained ONNX model. It is parsed and checked, never run."""
+    self-contained ONNX model of standard operators (`check_onnx_model`). It is parsed and
+    checked, never run."""
     if format != "onnx":  # only ONNX is uploaded (UPLOAD_RUNTIMES)
         raise InvalidSpecError("model", f"An uploaded model must be ONNX, not {format}.")
-    try:
-        import onnx
-        from onnx.external_data_helper import uses_external_data
-    except ImportError as e:
-        raise MissingDependencyError("onnx", "onnx") from e
-    data = path.read_bytes()  # at most max_upload_bytes, streamed to disk first
-    try:
-        model = onnx.load_from_string(data)
-        onnx.checker.check_model(model)
-    except Exception as e:  # protobuf's and the checker's errors alike: not a model
-        first = (str(e).strip().splitlines() or [""])[0]
-        message = "".join(c for c in first if c.isprintable())[:200]
-        raise InvalidSpecError("model", f"The request body is not a valid ONNX model "
-                                        f"({type(e).__name__}: {message}).") from None
-    # A tensor stored "externally" names a file for the runtime to read: an upload must be
-    # one file, and name none.
-    graphs = [model.graph]
-    while graphs:
-        graph = graphs.pop()
-        tensors = list(graph.initializer)
-        for node in graph.node:
-            for attribute in node.attribute:
-                tensors.extend([attribute.t] if attribute.HasField("t") else [])
-                tensors.extend(attribute.tensors)
-        if any(uses_external_data(t) for t in tensors):
-            raise InvalidSpecError("model", "The uploaded ONNX model keeps tensors in external "
-                                            "files; upload a self-contained model.")
-        for node in graph.node:
-            for attribute in node.attribute:
-                graphs.extend([attribute.g] if attribute.HasField("g") else [])
-                graphs.extend(attribute.graphs)
+    check_onnx_model(path.read_bytes())  # at most max_upload_bytes, streamed to disk first

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from edgetune.devices.onnx_checks import check_onnx_model
 from edgetune.devices.runtimes._base import AcceleratorUnavailableError, Runtime, torch_sees_cuda
 from edgetune.errors import MissingDependencyError
 
@@ -57,8 +58,11 @@ class OnnxRuntime(Runtime):
         if self.device == "cuda":
             self._check_cuda(ort)
             providers = [(_CUDA_PROVIDER, {"device_id": 0}), "CPUExecutionProvider"]
-        self._session = ort.InferenceSession(str(path), sess_options=options,
-                                             providers=providers)
+        # The bytes checked are the bytes loaded: no tensor in them names a file, and no
+        # operator a library (an agent measures models its server was sent by anyone).
+        model = path.read_bytes()
+        check_onnx_model(model, validate=False)
+        self._session = ort.InferenceSession(model, sess_options=options, providers=providers)
         if self.device == "cuda" and _CUDA_PROVIDER not in self._session.get_providers():
             raise AcceleratorUnavailableError(
                 "The value of `device` is 'cuda', but onnxruntime could not start its CUDA "
