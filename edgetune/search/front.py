@@ -290,13 +290,9 @@ class FrontView:
 
 
 def _objective_keys(spec: JobSpec, objectives: Sequence[str] | None) -> list[str]:
-    keys = list(objectives) if objectives else list(spec.metric_names)
-    unknown = [k for k in keys if k not in spec.metric_names]
-    if unknown:
-        raise ValueError(
-            f"objectives {', '.join(unknown)} are not objectives of this job; "
-            f"its objectives: {', '.join(spec.metric_names)}"
-        )
+    # A plain metric name stands for the one objective measuring it (`objective_key`).
+    keys = ([spec.objective_key(k, field="objectives") for k in objectives] if objectives
+            else list(spec.metric_names))
     if len(set(keys)) != len(keys):
         raise ValueError("each objective may be named once")
     return keys

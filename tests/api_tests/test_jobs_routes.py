@@ -131,4 +131,4 @@ def test_pareto_of_a_job_without_trials_and_bad_objective_subset(client: TestCli
     assert front["data"] == [] and front["front_size"] == 0
     response = client.get(f"/api/v1/jobs/{job_id}/pareto", params={"objectives": "latency_ms"})
     assert response.status_code == 422
-    assert "not objectives of this job" in response.json()["detail"][0]["msg"]
+    assert "'latency_ms' is not an objective of the job" in response.json()["detail"][0]["msg"]

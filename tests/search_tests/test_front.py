@@ -96,8 +96,11 @@ def test_subset_reference_and_history(tmp_path) -> None:
     assert two.n_complete == 38
     with pytest.raises(ValueError, match="reference has 1 values"):
         view.pareto(job.id, job.study_name, spec, reference=[1.0])
-    with pytest.raises(ValueError, match="not objectives of this job"):
+    with pytest.raises(ValueError, match="'params' is not an objective of the job"):
         view.pareto(job.id, job.study_name, spec, objectives=["params"])
+    # A plain metric name stands for the one objective measuring it.
+    by_name = view.pareto(job.id, job.study_name, spec, objectives=["accuracy", "latency_ms"])
+    assert [o.name for o in by_name.objectives] == ["accuracy", "latency_ms@local"]
 
     history = view.hypervolume_history(job.id, job.study_name, spec).data
     assert len(history) == 38

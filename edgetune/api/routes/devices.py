@@ -122,7 +122,7 @@ async def lease_probe(
     """Lease the device's oldest probe to `agent` for `probe_lease_s` seconds: 200 with it,
     or 204 when none came within `wait_s`. Of agents racing for a probe, one gets it."""
     devices = DeviceRepository(db)
-    probes = ProbeRepository(db)
+    probes = ProbeRepository(db, expire_s=settings.probe_expire_s)
     # 404 for an unknown device (or another tenant's), at once
     await run_in_threadpool(functools.partial(devices.get, device_id, tenant=caller.tenant))
     deadline = time.monotonic() + wait_s
