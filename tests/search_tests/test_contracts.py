@@ -1,5 +1,6 @@
 """Every sampler of the registry runs our sampler contract and Optuna's own sampler suites
-(`optuna.testing.pytest_samplers`), on in-memory studies."""
+(`optuna.testing.pytest_samplers`), on in-memory studies; every pruner and Ray Tune scheduler
+runs the early-stopping contract, in process."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from optuna.testing.pytest_samplers import (
     SingleOnlySamplerTestCase,
 )
 
-from edgetune.search.registry import SAMPLERS
+from edgetune.search.registry import PRUNERS, SAMPLERS
+from edgetune.testing.pruners import PrunerTestCase, SchedulerTestCase
 from edgetune.testing.samplers import SamplerTestCase, registry_sampler
 
 #: Samplers that take any distribution; the grid lists the points of the space it was built
@@ -64,3 +66,18 @@ class TestOptunaSingleOnlySuite(SingleOnlySamplerTestCase):
     @pytest.fixture(params=[n for n in GENERAL if not SAMPLERS[n].multi_objective])
     def sampler(self, request: pytest.FixtureRequest) -> Callable[[], optuna.samplers.BaseSampler]:
         return _factory(request)
+
+
+class TestPrunerContract(PrunerTestCase):
+    @pytest.fixture(params=[n for n, entry in PRUNERS.items() if entry.optuna is not None])
+    def pruner_name(self, request: pytest.FixtureRequest) -> str:
+        name: str = request.param
+        return name
+
+
+class TestSchedulerContract(SchedulerTestCase):
+    @pytest.fixture(params=[n for n, entry in PRUNERS.items() if entry.ray is not None])
+    def scheduler_name(self, request: pytest.FixtureRequest) -> str:
+        pytest.importorskip("ray")
+        name: str = request.param
+        return name
