@@ -28,6 +28,7 @@ from edgetune.devices.runtimes import (
     TorchScriptRuntime,
 )
 from edgetune.errors import TrialFailed
+from edgetune.testing.runtimes import RuntimeTestCase
 from edgetune.trainers.export import export_model
 
 INPUT_SHAPE = (1, 1, 8, 8)
@@ -268,3 +269,11 @@ def test_registry(name: str) -> None:
 
 def test_default_runtime_is_registered() -> None:
     assert default_runtime() in RUNTIMES
+
+
+class TestRuntimeContract(RuntimeTestCase):
+    @pytest.fixture(params=sorted(RUNTIMES))
+    def runtime_name(self, request: pytest.FixtureRequest) -> str:
+        _skip_without_engine(request.param)
+        name: str = request.param
+        return name
