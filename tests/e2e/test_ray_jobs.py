@@ -6,7 +6,7 @@ import pytest
 
 from edgetune.client import Client
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # one Ray at a time
 
 
 def digits_job(name: str, pruner: str, **extra: object) -> dict:

@@ -30,7 +30,7 @@ from edgetune.search.backends import Backend, OptunaBackend, RunToEnd
 from edgetune.settings import Settings
 from edgetune.storage import JobRepository, JobStatus, open_database
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # one Ray at a time
 
 N_TRIALS = 6
 EPOCHS = 4
