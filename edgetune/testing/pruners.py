@@ -23,7 +23,7 @@ from edgetune.search.schedulers import report_progress
 from edgetune.search.space import suggest
 from edgetune.spaces import FloatParam, Param
 from edgetune.spec import JobSpec
-from edgetune.trainers._function import FunctionTrainer
+from edgetune.trainers import get_trainer_class
 
 EPOCHS = 4
 #: x0..x3 on a grid of 0.25, as the end-to-end jobs use.
@@ -34,6 +34,8 @@ MUST_STOP = {"sha", "asha", "mo-asha"}
 #: Entries that never stop a trial.
 NEVER_STOP = {"none", "pbt"}
 N_TRIALS = 9
+#: The trainer every job of these contracts runs.
+FUNCTION = get_trainer_class("function")
 
 
 def objective_counts(entry: PrunerEntry) -> list[int]:
@@ -68,7 +70,7 @@ def run_job(pruner: str, n_objectives: int, *, fresh_pruner_per_trial: bool = Fa
         directions=["minimize"] * n_objectives, pruner=build(ctx),
         sampler=optuna.samplers.RandomSampler(seed=seed),
     )
-    keys = [progress_metric(o.name, FunctionTrainer.progress_metrics) for o in spec.objectives]
+    keys = [progress_metric(o.name, FUNCTION.progress_metrics) for o in spec.objectives]
     for _ in range(N_TRIALS):
         trial = study.ask()
         params = suggest(trial, SPACE)
@@ -82,7 +84,7 @@ def run_job(pruner: str, n_objectives: int, *, fresh_pruner_per_trial: bool = Fa
                 raise TrialPruned({"user_attrs": {"pruned_at_epoch": epoch}})
 
         try:
-            fit = FunctionTrainer(spec.trainer).fit(params, report=report)
+            fit = FUNCTION(spec.trainer).fit(params, report=report)
         except TrialPruned as e:
             trial.set_user_attr("pruned_at_epoch", e.args[0]["user_attrs"]["pruned_at_epoch"])
             study.tell(trial, state=TrialState.PRUNED)
@@ -170,7 +172,7 @@ class SchedulerTestCase:
             curves: dict[str, list[dict[str, Any]]] = {}
             for trial, params in trials:
                 curve: list[dict[str, Any]] = []
-                FunctionTrainer(spec.trainer).fit(params, report=partial(_record, curve))
+                FUNCTION(spec.trainer).fit(params, report=partial(_record, curve))
                 curves[trial.trial_id] = curve
             # Every trial's first epoch, as trials running side by side report it: the first
             # rung (ASHA's grace period). Past it, HyperBand's brackets pause trials that the

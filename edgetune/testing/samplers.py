@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import optuna
@@ -221,6 +222,22 @@ class SamplerTestCase:
             study = self.study(sampler_name, params, n_objectives=n_objectives)
             run_trials(study, params, n_trials)
             assert [t.state for t in study.trials] == [TrialState.COMPLETE] * n_trials
+
+    def test_a_database_study_stores_what_was_sampled(self, sampler_name: str,
+                                                      tmp_path: Path) -> None:
+        # On an RDB storage `suggest` writes a trial's parameters in one transaction
+        # (`params_in_one_write`), the path every job takes; the stored trial must hold
+        # exactly what was sampled.
+        storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}")
+        sampler = registry_sampler(sampler_name, params=CONDITIONAL_SPACE, startup=self.STARTUP)
+        study = optuna.create_study(sampler=sampler, storage=storage)
+        sampled = run_trials(study, CONDITIONAL_SPACE, self.STARTUP + 2)
+        stored = optuna.load_study(study_name=study.study_name, storage=storage).trials
+        assert [t.params for t in stored] == [
+            {k: v for k, v in values.items() if k in t.distributions}
+            for t, values in zip(stored, sampled, strict=True)
+        ]
+        storage.engine.dispose()
 
     def test_conditional_parameters_are_sampled_only_when_active(
         self, sampler_name: str
