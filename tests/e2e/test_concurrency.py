@@ -26,7 +26,7 @@ from edgetune.cli import free_port
 pytestmark = pytest.mark.slow
 
 CLIENTS = 16
-TRIALS_EACH = 25
+TRIALS_EACH = 10
 @dataclass
 class Server:
     url: str
@@ -119,7 +119,7 @@ def run_client(url: str, job_id: str, index: int, tally: Tally, start: threading
                 tally.told.append(int(trial["number"]))
 
 
-def test_sixteen_clients_run_400_trials_of_one_job(server: Server, database_url: str) -> None:
+def test_sixteen_clients_run_160_trials_of_one_job(server: Server, database_url: str) -> None:
     n_trials = CLIENTS * TRIALS_EACH
     spec = {
         "name": "ask-tell-crowd", "seed": 0, "mode": "ask-tell",
