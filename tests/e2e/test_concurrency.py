@@ -1,7 +1,7 @@
 """Many clients on one ask/tell job at once, through a real server with two API processes:
 on SQLite and on PostgreSQL, every trial is asked once, told once, and no request fails.
 
-16 threads each run 25 trials (ask, then tell) of one job whose parallelism lets all of them
+16 threads each run 10 trials (ask, then tell) of one job whose parallelism lets all of them
 run at once. Every answer must be 200: no 5xx, no 409, no "database is locked".
 """
 
