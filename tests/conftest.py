@@ -128,5 +128,12 @@ def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{request.getfixturevalue('fresh_data_dir') / 'edgetune.db'}"
         return
-    with _postgres_database(template=request.getfixturevalue("_migrated_postgres")) as url:
+    yield request.getfixturevalue("migrated_postgres_url")
+
+
+@pytest.fixture
+def migrated_postgres_url(_migrated_postgres: str) -> Iterator[str]:
+    """A PostgreSQL database at head (a copy of the one migrated once per session), dropped
+    afterwards."""
+    with _postgres_database(template=_migrated_postgres) as url:
         yield url
