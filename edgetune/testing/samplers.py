@@ -172,12 +172,8 @@ def run_trials(
 
 
 def objective_counts(entry: SamplerEntry) -> list[int]:
-    """The numbers of objectives a sampler takes: one, and two (three for NSGA-III's
-    reference directions) where it takes several."""
-    counts = [1] if entry.single_objective else []
-    if entry.multi_objective:
-        counts.append(3 if entry.name == "nsga3" else 2)
-    return counts
+    """The numbers of objectives to try a sampler with: one, and two where it takes several."""
+    return ([1] if entry.single_objective else []) + ([2] if entry.multi_objective else [])
 
 
 def space_for(entry: SamplerEntry) -> list[Param]:
