@@ -20,6 +20,21 @@ os.environ["EDGETUNE_ADMIN_TOKEN"] = TEST_TOKEN
 os.environ["EDGETUNE_TOKEN"] = TEST_TOKEN
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Keep what a module sets up once on one worker under pytest-xdist (`--dist loadgroup`):
+    a test that uses a module-scoped fixture (a server, agents, a Ray) joins its module's
+    group, so two workers never each start that module's server. A module that starts Ray
+    says so with `xdist_group("ray")`, so that no two Rays run at once on a 2-core machine."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is not None:
+            continue
+        fixtures = getattr(item, "_fixtureinfo", None)
+        definitions = fixtures.name2fixturedefs.values() if fixtures is not None else ()
+        if any(defs and defs[-1].scope == "module" for defs in definitions):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     running = start_server(tmp_path_factory.mktemp("server"), workers=2)
@@ -113,5 +128,12 @@ def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{request.getfixturevalue('fresh_data_dir') / 'edgetune.db'}"
         return
-    with _postgres_database(template=request.getfixturevalue("_migrated_postgres")) as url:
+    yield request.getfixturevalue("migrated_postgres_url")
+
+
+@pytest.fixture
+def migrated_postgres_url(_migrated_postgres: str) -> Iterator[str]:
+    """A PostgreSQL database at head (a copy of the one migrated once per session), dropped
+    afterwards."""
+    with _postgres_database(template=_migrated_postgres) as url:
         yield url

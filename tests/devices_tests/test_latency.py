@@ -28,6 +28,7 @@ from edgetune.devices.runtimes import (
     TorchScriptRuntime,
 )
 from edgetune.errors import TrialFailed
+from edgetune.testing.runtimes import RuntimeTestCase
 from edgetune.trainers.export import export_model
 
 INPUT_SHAPE = (1, 1, 8, 8)
@@ -349,3 +350,11 @@ def test_the_measuring_child_runs_under_its_limits_and_dumps_no_core(tmp_path: P
     # Hard limits too: nothing in the child raises them again.
     assert soft_and_hard["Max address space"] == [str(1 << 30)] * 2
     assert soft_and_hard["Max core file size"] == ["0", "0"]
+
+
+class TestRuntimeContract(RuntimeTestCase):
+    @pytest.fixture(params=sorted(RUNTIMES))
+    def runtime_name(self, request: pytest.FixtureRequest) -> str:
+        _skip_without_engine(request.param)
+        name: str = request.param
+        return name

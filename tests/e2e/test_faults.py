@@ -192,7 +192,9 @@ def test_a_killed_workers_trial_fails_as_infrastructure_and_runs_again(
                                log=server.log_tail)
         print(f"\nkilled trial {victim_number}: its process gone after {orphan_s:.2f} s; "
               f"failed and re-queued after {requeue_s:.1f} s")
-        assert requeue_s <= 30
+        # Optuna's grace period (4 heartbeats of 5 s) and a heartbeat round of the worker that
+        # fails it, with room for a machine that runs another test beside this one.
+        assert requeue_s <= 45
 
         job = client.wait(job.id, timeout=240, poll_interval=0.5)
         trials = all_trials(client, job.id)

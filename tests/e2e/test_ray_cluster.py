@@ -33,6 +33,7 @@ from edgetune.client import Client
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.xdist_group("ray"),  # one Ray at a time
     pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc (Linux)"),
 ]
 

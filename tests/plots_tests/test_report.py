@@ -129,8 +129,11 @@ def section(text: str, title: str) -> str:
     return text[start : text.index("</section>", start)]
 
 
-@pytest.fixture
-def report(tmp_path: Path) -> str:
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One report for the tests that only read it (writing it takes seconds: the parameter
+    importances)."""
+    tmp_path = tmp_path_factory.mktemp("report")
     trials = make_trials()
     out = write_report(
         tmp_path / "report.html",

@@ -1,13 +1,15 @@
-"""The contract every algorithm meets: each sampler x pruner/scheduler x backend combination the
-registry allows runs a job of the `function` trainer (seconds) and must leave a study where
+"""One end-to-end job per backend and number of objectives, through the API and a real
+backend (the optuna backend's trial processes; a real local Ray, started once for the module),
+on the `function` trainer (seconds). Each must leave a study where
 
 - every trial's parameters lie in the space, and the job ran exactly its n_trials;
 - completed trials have their values, and pruned ones are marked pruned before the last epoch;
-- the same seed gives the same parameters (one run per combination, compared with a rerun for
-  the pruner-free ones, where no scheduler timing can interfere);
+- the same seed gives the same parameters (a rerun of the pruner-free jobs, where no
+  scheduler timing can interfere);
 - the Pareto endpoint ranks the result.
 
-The ray combinations run against a real local Ray, started once for the module.
+What each sampler, pruner and scheduler of the registry must do is checked for every one of
+them, in process, by the contracts in tests/search_tests/test_contracts.py.
 """
 
 from __future__ import annotations
@@ -25,42 +27,26 @@ from servers import auth_headers
 from edgetune.api import create_app
 from edgetune.devices import MeasureConfig
 from edgetune.search.backends import Backend, OptunaBackend, RunToEnd
-from edgetune.search.registry import PRUNERS, SAMPLERS
 from edgetune.settings import Settings
 from edgetune.storage import JobRepository, JobStatus, open_database
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # one Ray at a time
 
 N_TRIALS = 6
 EPOCHS = 4
-STEPS = [0.0, 0.25, 0.5, 0.75, 1.0]  # x0..x3 on a grid, so that `grid` fits the same space
+STEPS = [0.0, 0.25, 0.5, 0.75, 1.0]  # the values of x0..x3
 SPACE = [{"type": "float", "name": f"x{i}", "low": 0, "high": 1, "step": 0.25} for i in range(4)]
-#: Pruners that must stop some of 6 trials of this problem (the others may, or never do).
-#: That depends on the draws: with the seed below each of them does; with seed 7, once trials
-#: were seeded by their number, TPE's 6 trials on ray each beat those before and ASHA (rightly)
-#: stopped none.
-MUST_PRUNE = {"sha", "asha", "mo-asha"}
-
-
-def combinations() -> list[tuple[str, str, str, int]]:
-    """(backend, sampler, pruner, objectives) for every combination the registry allows, with
-    one objective where both sides take one and with two where both take several."""
-    out = []
-    for backend in ("optuna", "ray"):
-        for sampler, s in SAMPLERS.items():
-            for pruner, p in PRUNERS.items():
-                if backend not in s.backends or backend not in p.backends:
-                    continue
-                if s.single_objective and p.single_objective:
-                    out.append((backend, sampler, pruner, 1))
-                if s.multi_objective and p.multi_objective:
-                    out.append((backend, sampler, pruner, 2))
-    return out
-
-
-COMBINATIONS = combinations()
-
-
+#: (backend, sampler, pruner, objectives): early stopping with one objective, several
+#: objectives without, on each backend. On ray, hyperband pauses and resumes trials from
+#: their checkpoints; ASHA and PBT run in tests/e2e/test_ray_jobs.py.
+SMOKE_JOBS = [
+    ("optuna", "tpe", "sha", 1),
+    ("optuna", "nsga2", "none", 2),
+    ("ray", "random", "hyperband", 1),
+    ("ray", "nsga2", "none", 2),
+]
+#: Pruners that must stop some of 6 trials of these problems with the seed below.
+MUST_PRUNE = {"sha"}
 
 
 @pytest.fixture(scope="module")
@@ -125,9 +111,9 @@ def params_of(study: optuna.Study) -> list[dict[str, Any]]:
     return [t.params for t in sorted(study.trials, key=lambda t: t.number)]
 
 
-@pytest.mark.parametrize(("backend", "sampler", "pruner", "n_objectives"), COMBINATIONS,
-                         ids=["-".join(map(str, c)) for c in COMBINATIONS])
-def test_every_allowed_combination_keeps_the_contract(
+@pytest.mark.parametrize(("backend", "sampler", "pruner", "n_objectives"), SMOKE_JOBS,
+                         ids=["-".join(map(str, c)) for c in SMOKE_JOBS])
+def test_a_job_end_to_end(
     service: dict[str, Any], backend: str, sampler: str, pruner: str, n_objectives: int
 ) -> None:
     job_id, study = run_job(service, backend, sampler, pruner, n_objectives)
@@ -146,10 +132,8 @@ def test_every_allowed_combination_keeps_the_contract(
     pruned = sum(t.state == TrialState.PRUNED for t in trials)
     if pruner in MUST_PRUNE:
         assert pruned > 0, [(t.number, t.params, t.intermediate_values) for t in trials]
-    if pruner in ("none", "pbt"):
+    if pruner == "none":
         assert pruned == 0
-    if sampler == "grid":  # each point once
-        assert len({tuple(sorted(t.params.items())) for t in trials}) == N_TRIALS
 
     pareto = service["client"].get(f"/api/v1/jobs/{job_id}/pareto")
     assert pareto.status_code == 200, pareto.text
@@ -162,13 +146,6 @@ def test_every_allowed_combination_keeps_the_contract(
     if pruner == "none":
         _, again = run_job(service, backend, sampler, pruner, n_objectives)
         assert params_of(again) == params_of(study)
-
-
-def test_the_matrix_covers_every_registered_algorithm() -> None:
-    assert {s for _, s, _, _ in COMBINATIONS} == set(SAMPLERS)
-    assert {p for _, _, p, _ in COMBINATIONS} == set(PRUNERS)
-    assert {(b, p) for b, _, p, _ in COMBINATIONS} >= {("optuna", "hyperband"),
-                                                        ("ray", "hyperband")}
 
 
 def test_a_ray_job_stops_when_cancelled(service: dict[str, Any]) -> None:

@@ -366,6 +366,7 @@ def test_synthetic_images_default_and_options() -> None:
     assert_images(data, (2, 4, 5), 60, 3)
 
 
+@pytest.mark.slow  # trains for seconds
 def test_synthetic_images_are_learnable() -> None:
     from sklearn.linear_model import LogisticRegression
 

@@ -39,6 +39,7 @@ def fit(params, *, epochs=2, checkpoint_dir=None, tmp=None, **options):
     return result, reports
 
 
+@pytest.mark.slow  # trains for seconds
 def test_channel_pruning_shrinks_the_model_and_fine_tunes(tmp_path: Path) -> None:
     dense, _ = fit(MOBILENET)
     pruned, reports = fit({**MOBILENET, "prune": "channel", "prune_amount": 0.5})
@@ -64,11 +65,13 @@ def test_channel_pruning_a_network_without_hidden_channels_changes_nothing() -> 
     assert pruned.metrics["pruned_channels"] == 0
 
 
+@pytest.mark.slow  # trains for seconds
 def test_magnitude_pruning_reaches_its_sparsity() -> None:
     result, _ = fit({**MOBILENET, "prune": "magnitude", "prune_amount": 0.6})
     assert result.metrics["sparsity"] == pytest.approx(0.6, abs=0.01)
 
 
+@pytest.mark.slow  # trains for seconds
 def test_int8_static_export_runs_in_onnxruntime_close_to_fp32(tmp_path: Path) -> None:
     fp32, _ = fit(MOBILENET, epochs=3)
     int8, _ = fit({**MOBILENET, "quantization": "int8-static"}, epochs=3)
@@ -79,6 +82,7 @@ def test_int8_static_export_runs_in_onnxruntime_close_to_fp32(tmp_path: Path) ->
     assert abs(m8["accuracy"] - m32["accuracy"]) <= 0.03  # the stated tolerance: 3 points
 
 
+@pytest.mark.slow  # trains for seconds
 def test_qat_fine_tunes_with_fake_quantization_then_exports_int8(tmp_path: Path) -> None:
     result, reports = fit({**MOBILENET, "quantization": "qat"})
     assert len(reports) == 3
@@ -87,6 +91,7 @@ def test_qat_fine_tunes_with_fake_quantization_then_exports_int8(tmp_path: Path)
     assert not any("FakeQuant" in type(m).__name__ for m in result.model.modules())
 
 
+@pytest.mark.slow  # trains for seconds
 def test_distillation_trains_the_builtin_teacher_once_per_job(tmp_path: Path) -> None:
     params = {**MOBILENET, "distill_alpha": 0.7, "distill_temperature": 4.0}
     first, _ = fit(params, tmp=tmp_path, teacher="builtin")
@@ -101,6 +106,7 @@ def test_distillation_trains_the_builtin_teacher_once_per_job(tmp_path: Path) ->
     assert first.compression["distill_alpha"] == 0.7
 
 
+@pytest.mark.slow  # trains for seconds
 def test_distillation_from_a_users_onnx_model(tmp_path: Path) -> None:
     teacher, _ = fit(MOBILENET)
     artifact, _, _ = export_fit(teacher, tmp_path / "artifacts")
@@ -113,6 +119,7 @@ def test_distillation_from_a_users_onnx_model(tmp_path: Path) -> None:
         fit({**MOBILENET, "distill_alpha": 0.5}, tmp=tmp_path, teacher="missing.onnx")
 
 
+@pytest.mark.slow  # trains for seconds
 def test_a_resumed_fit_equals_an_uninterrupted_one(tmp_path: Path) -> None:
     straight, _ = fit(MOBILENET, epochs=3)
     fit(MOBILENET, epochs=1, checkpoint_dir=tmp_path)
@@ -163,6 +170,7 @@ def test_a_teacher_path_outside_the_models_directory_is_refused() -> None:
         )
 
 
+@pytest.mark.slow  # trains for seconds
 def test_distillation_changes_what_the_student_learns(tmp_path: Path) -> None:
     def run(alpha: float):
         spec = TrainerSpec(name="tabular-classifier", dataset="wine", epochs=3, seed=0,
