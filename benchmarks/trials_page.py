@@ -56,6 +56,21 @@ JOB = {
     "budget": {"n_trials": 100_000, "parallelism": 1},
 }
 
+#: Installed as the server's `sitecustomize`: logs the duration of each of its full (generation
+#: 2) garbage collections, which stop every request in the process while they run.
+GC_PROBE = """\
+import gc, os, time
+_log = open(os.environ["TRIALS_PAGE_GC_LOG"], "a", buffering=1)
+_start = [0.0]
+def _probe(phase, info):
+    if info["generation"] == 2:
+        if phase == "start":
+            _start[0] = time.perf_counter()
+        else:
+            _log.write(f"{(time.perf_counter() - _start[0]) * 1000:.1f}\\n")
+gc.callbacks.append(_probe)
+"""
+
 
 def pages(n: int) -> list[tuple[str, dict[str, int]]]:
     return [("limit=100", {"limit": 100}), ("limit=1", {"limit": 1}),
@@ -63,11 +78,16 @@ def pages(n: int) -> list[tuple[str, dict[str, int]]]:
 
 
 @contextmanager
-def server(database_url: str, data_dir: str, code: Path) -> Iterator[httpx.Client]:
-    """`edgetune serve` of the code in `code` on `database_url`, no workers; a client with the
-    admin token."""
+def server(database_url: str, data_dir: str, code: Path,
+           gc_log: Path) -> Iterator[httpx.Client]:
+    """`edgetune serve` of the code in `code` on `database_url`, no workers, its full garbage
+    collections logged to `gc_log`; a client with the admin token."""
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(code)}
+    probe = Path(data_dir) / "probe"
+    probe.mkdir()
+    (probe / "sitecustomize.py").write_text(GC_PROBE)
+    env = {**os.environ, "PYTHONPATH": f"{probe}{os.pathsep}{code}",
+           "TRIALS_PAGE_GC_LOG": str(gc_log)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "edgetune", "serve", "--port", str(port), "--data-dir", data_dir,
          "--database-url", database_url, "--workers", "0", "--log-level", "warning"],
@@ -171,11 +191,14 @@ def insert_trials(storage: Any, study_id: int, first: int, trials: list[Any]) ->
 
 
 def timed(http: httpx.Client, path: str, query: dict[str, int], n: int,
-          expect: tuple[int, int]) -> tuple[float, float]:
+          expect: tuple[int, int], gc_log: Path) -> tuple[float, float, list[float]]:
     """p50 and p90 in ms of `n` requests (after 2 unmeasured), checking the page's size and
-    the study's count."""
-    times = []
+    the study's count, and the server's full garbage collections (ms each) meanwhile."""
+    times: list[float] = []
+    collections = 0
     for i in range(n + 2):
+        if i == 2:
+            collections = len(gc_log.read_text().split())
         start = time.perf_counter()
         response = http.get(path, params=query)
         elapsed = (time.perf_counter() - start) * 1000
@@ -187,36 +210,48 @@ def timed(http: httpx.Client, path: str, query: dict[str, int], n: int,
         if i >= 2:
             times.append(elapsed)
     deciles = statistics.quantiles(times, n=10, method="inclusive")
-    return statistics.median(times), deciles[8]
+    gcs = [float(ms) for ms in gc_log.read_text().split()[collections:]]
+    return statistics.median(times), deciles[8], gcs
 
 
 def run_case(database_url: str, code: Path, n_requests: int) -> dict[tuple[int, str], Any]:
-    """Submit the job, then fill its study to each size and time the pages."""
+    """The timings on a server of the code in `code` (see `run_on`)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out: dict[tuple[int, str], Any] = {}
-    with tempfile.TemporaryDirectory() as data_dir, server(database_url, data_dir, code) as http:
-        job = http.post("/api/v1/jobs", json=JOB)
-        job.raise_for_status()
-        job_id, study_name = job.json()["id"], job.json()["study_name"]
-        url = database_url.replace("postgresql://", "postgresql+psycopg://")
-        storage = optuna.storages.RDBStorage(url)
-        study = optuna.load_study(study_name=study_name, storage=storage)
-        if study.directions != [optuna.study.StudyDirection.MAXIMIZE,
-                                optuna.study.StudyDirection.MINIMIZE] \
-                or study.metric_names != ["accuracy", "latency_ms@local"]:
-            raise RuntimeError(f"the job's study has {study.directions}, {study.metric_names}")
-        rng, have = random.Random(0), 0
-        for n in SIZES:
-            start = time.perf_counter()
-            fill(study, storage, have, n, rng)
-            out[(n, "fill_s")], have = time.perf_counter() - start, n
-            for label, query in pages(n):
-                out[(n, label)] = timed(http, f"/api/v1/jobs/{job_id}/trials", query,
-                                        n_requests, (n, query["limit"]))
-        storage.engine.dispose()
+    with tempfile.TemporaryDirectory() as data_dir:
+        gc_log = Path(data_dir) / "gc.log"
+        gc_log.touch()
+        with server(database_url, data_dir, code, gc_log) as http:
+            run_on(http, database_url, n_requests, gc_log, out)
     return out
+
+
+def run_on(http: httpx.Client, database_url: str, n_requests: int, gc_log: Path,
+           out: dict[tuple[int, str], Any]) -> None:
+    """Submit the job on the server, then fill its study to each size and time the pages."""
+    import optuna
+
+    job = http.post("/api/v1/jobs", json=JOB)
+    job.raise_for_status()
+    job_id, study_name = job.json()["id"], job.json()["study_name"]
+    url = database_url.replace("postgresql://", "postgresql+psycopg://")
+    storage = optuna.storages.RDBStorage(url)
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    if study.directions != [optuna.study.StudyDirection.MAXIMIZE,
+                            optuna.study.StudyDirection.MINIMIZE] \
+            or study.metric_names != ["accuracy", "latency_ms@local"]:
+        raise RuntimeError(f"the job's study has {study.directions}, {study.metric_names}")
+    rng, have = random.Random(0), 0
+    for n in SIZES:
+        start = time.perf_counter()
+        fill(study, storage, have, n, rng)
+        out[(n, "fill_s")], have = time.perf_counter() - start, n
+        for label, query in pages(n):
+            out[(n, label)] = timed(http, f"/api/v1/jobs/{job_id}/trials", query,
+                                    n_requests, (n, query["limit"]), gc_log)
+    storage.engine.dispose()
 
 
 @contextmanager
@@ -242,6 +277,10 @@ def checkout(ref: str) -> Iterator[Path]:
                                  capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
         yield Path(tree)
+
+
+def collections(gcs: list[float]) -> str:
+    return f"{len(gcs)} x {statistics.median(gcs):.0f} ms" if gcs else "0"
 
 
 def sqlite_url(data_dir: str) -> str:
@@ -286,20 +325,27 @@ def write(cases: dict[str, dict[tuple[int, str], Any]], args: argparse.Namespace
         f"{REQUESTS} requests per page (after 2 unmeasured), in ms; `count` and the page size "
         "checked on every answer.",
         "",
-        f"| database | page | {small:,} trials p50 / p90 | {large:,} trials p50 / p90 |",
-        "|---|---|---|---|",
+        f"| database | page | {small:,} trials p50 / p90 | {large:,} trials p50 / p90 | "
+        f"server's full GCs meanwhile, {small:,} / {large:,} |",
+        "|---|---|---|---|---|",
     ]
     for name, r in cases.items():
         for label, _ in pages(small):
             a, b = r[(small, label)], r[(large, label)]
             lines.append(f"| {name} | `{label}` | {a[0]:.1f} / {a[1]:.1f} | "
-                         f"{b[0]:.1f} / {b[1]:.1f} |")
+                         f"{b[0]:.1f} / {b[1]:.1f} | {collections(a[2])} / {collections(b[2])} |")
     fills = "; ".join(
         f"{name} {r[(small, 'fill_s')]:.0f} s to {small:,}, {r[(large, 'fill_s')]:.0f} s more "
         f"to {large:,}" for name, r in cases.items())
     lines += ["", f"Filling the study (the first {ADDED} trials by `study.add_trials`, the rest "
               f"in batches of {BATCH:,} written with Optuna's table models, a sample read "
               f"back through Optuna): {fills}."]
+    lines += ["", "The server's full (generation 2) garbage collections are counted by a "
+              "`gc.callbacks` probe installed as its `sitecustomize`: each one stops every "
+              "request in the process while it runs (shown as: how many during the page's "
+              "timed requests, x their median ms). About one 100-trial page in eight "
+              "meets one, which is what sets those pages' p90; `limit=1` pages allocate too "
+              "little to set one off."]
     if any("before" in name for name in cases):
         lines += ["", f"The `before` rows ran {BEFORE_REQUESTS} requests per page: each one "
                   "read and built every trial of the study."]
