@@ -659,13 +659,26 @@ def trials_page(
                      "LIMIT :limit OFFSET :offset"),
                 {**args, "limit": limit, "offset": offset},
             ).scalars()]
-            newest = conn.execute(text("SELECT MAX(trial_id) FROM trials WHERE study_id = :study"),
-                                  args).scalar()
         if not ids:
             return [], count
-        # Optuna's reader takes "these ids, or any newer than": newer than the newest, none.
-        trials = storage._get_trials(study, None, set(ids),
-                                     trial_id_greater_than=max(int(newest or 0), *ids))
+        # Optuna's own rows and builder, as `RDBStorage._get_trials` uses them, for exactly
+        # these ids (its "these ids, or any newer than" filter made PostgreSQL scan the study).
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+        from sqlalchemy.orm import selectinload
+
+        with _create_scoped_session(storage.scoped_session) as session:
+            rows = (
+                session.query(models.TrialModel)
+                .options(selectinload(models.TrialModel.params),
+                         selectinload(models.TrialModel.values),
+                         selectinload(models.TrialModel.user_attributes),
+                         selectinload(models.TrialModel.system_attributes),
+                         selectinload(models.TrialModel.intermediate_values))
+                .filter(models.TrialModel.trial_id.in_(ids))
+                .all()
+            )
+            trials = [storage._build_frozen_trial_from_trial_model(row) for row in rows]
     return sorted((t for t in trials if t._trial_id in ids), key=lambda t: t.number), count
 
 
