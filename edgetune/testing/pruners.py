@@ -23,6 +23,7 @@ from edgetune.search.schedulers import report_progress
 from edgetune.search.space import suggest
 from edgetune.spaces import FloatParam, Param
 from edgetune.spec import JobSpec
+from edgetune.storage.study_store import trial_id as trial_id_of
 from edgetune.trainers import get_trainer_class
 
 EPOCHS = 4
@@ -77,7 +78,7 @@ def run_job(pruner: str, n_objectives: int, *, fresh_pruner_per_trial: bool = Fa
         if fresh_pruner_per_trial:
             study.pruner = build(ctx)
 
-        def report(epoch: int, metrics: Mapping[str, float], trial_id: int = trial._trial_id
+        def report(epoch: int, metrics: Mapping[str, float], trial_id: int = trial_id_of(trial)
                    ) -> None:
             values = [float(metrics[k]) for k in keys if k is not None]
             if report_progress(study, trial_id, epoch, values):
