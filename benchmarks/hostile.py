@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _token import use_token
+from _token import use_token, wait_until_healthy
 
 from edgetune.cli import free_port
 from edgetune.spec import JobSpec
@@ -139,16 +139,7 @@ def main() -> None:
         try:
             http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {admin}"},
                                 timeout=60)
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if http.get("/api/v1/health").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("the server did not start")
-                time.sleep(0.3)
+            wait_until_healthy(http, server)
             tokens = [http.post("/api/v1/tokens", json={"scope": "user"}).json()["token"]
                       for _ in range(TOKENS)]
             watched = [http.post("/api/v1/jobs", json=ask_tell_job(f"watched-{i}"),

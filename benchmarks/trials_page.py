@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _token import use_token
+from _token import use_token, wait_until_healthy
 
 from edgetune.cli import free_port
 
@@ -95,16 +95,7 @@ def server(database_url: str, data_dir: str, code: Path,
     http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120,
                         headers={"Authorization": f"Bearer {os.environ['EDGETUNE_TOKEN']}"})
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if http.get("/api/v1/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("the server did not start")
-            time.sleep(0.3)
+        wait_until_healthy(http, proc)
         yield http
     finally:
         http.close()

@@ -38,17 +38,8 @@ def job_lock(engine: Engine, job_id: str) -> Iterator[None]:
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
             yield
         return
-    database = engine.url.database
-    if engine.dialect.name != "sqlite" or database in (None, "", ":memory:"):
-        with _memory_lock:
-            yield
-        return
-    with open(Path(f"{database}.lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with _file_lock(engine, ".lock", _memory_lock):
+        yield
 
 
 @contextmanager
@@ -71,12 +62,20 @@ def migration_lock(engine: Engine) -> Iterator[None]:
                 conn.execute(text("SELECT pg_advisory_unlock(:key)"),
                              {"key": MIGRATION_LOCK_KEY})
         return
+    with _file_lock(engine, ".migrate.lock", _memory_migration_lock):
+        yield
+
+
+@contextmanager
+def _file_lock(engine: Engine, suffix: str, in_memory: threading.Lock) -> Iterator[None]:
+    """An exclusive `flock` on the file `<database><suffix>` beside a SQLite database, released
+    when the block ends or the process dies; `in_memory` for a database with no file."""
     database = engine.url.database
     if engine.dialect.name != "sqlite" or database in (None, "", ":memory:"):
-        with _memory_migration_lock:
+        with in_memory:
             yield
         return
-    with open(Path(f"{database}.migrate.lock"), "a") as handle:
+    with open(Path(f"{database}{suffix}"), "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

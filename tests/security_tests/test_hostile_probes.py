@@ -19,7 +19,14 @@ from typing import Any
 
 import httpx
 import pytest
-from servers import RunningServer, create_token, start_server, stop_server
+from servers import (
+    RunningServer,
+    child_pids,
+    create_token,
+    is_alive,
+    start_server,
+    stop_server,
+)
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -263,13 +270,13 @@ def test_the_agent_honours_sigterm_within_5_s_mid_measurement(
         probe_id = response.json()["id"]
         until("measuring", lambda: f"measuring probe {probe_id}" in doomed.log(),
               on_timeout=doomed.log)
-        children = _children(doomed.process.pid)
+        children = child_pids(doomed.process.pid)
         start = time.monotonic()
         doomed.process.send_signal(signal.SIGTERM)
         assert doomed.process.wait(timeout=5) == 0, doomed.log()
         assert time.monotonic() - start < 5
         # Its measuring child went with it.
-        until("measuring child gone", lambda: not any(_alive(pid) for pid in children),
+        until("measuring child gone", lambda: not any(is_alive(pid) for pid in children),
               timeout=5)
 
         # And idle, in a long poll: also within 5 s.
@@ -283,18 +290,3 @@ def test_the_agent_honours_sigterm_within_5_s_mid_measurement(
     finally:
         doomed.stop()
 
-
-def _children(pid: int) -> list[int]:
-    try:
-        found = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return []
-    return [int(c) for c in found]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"

@@ -22,7 +22,14 @@ from typing import Any
 
 import httpx
 import pytest
-from servers import RunningServer, create_token, start_server, stop_server
+from servers import (
+    RunningServer,
+    child_pids,
+    create_token,
+    is_alive,
+    start_server,
+    stop_server,
+)
 
 pytest.importorskip("onnx")
 
@@ -183,7 +190,7 @@ def test_a_probe_whose_agents_are_killed_measuring_it_stops_at_the_attempt_cap(
                     assert process.poll() is None and time.monotonic() < deadline, \
                         log.read_text(errors="replace")
                     time.sleep(0.1)
-                children = _children(process.pid)
+                children = child_pids(process.pid)
             finally:
                 process.send_signal(signal.SIGKILL)
                 process.wait(timeout=10)
@@ -191,7 +198,7 @@ def test_a_probe_whose_agents_are_killed_measuring_it_stops_at_the_attempt_cap(
             assert shown["attempts"] == attempt, shown
             # Its measuring child died with it: nothing keeps running the model.
             deadline = time.monotonic() + 5
-            while any(_alive(pid) for pid in children):
+            while any(is_alive(pid) for pid in children):
                 assert time.monotonic() < deadline, children
                 time.sleep(0.1)
 
@@ -216,18 +223,3 @@ def test_one_model_asked_in_ever_other_ways_cannot_flood_the_queue(
         assert "probe_max_live 3" in answers[-1].json()["detail"]
         assert user.get("/probes").json()["count"] == 3
 
-
-def _children(pid: int) -> list[int]:
-    try:
-        found = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return []
-    return [int(c) for c in found]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
