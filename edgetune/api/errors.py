@@ -78,17 +78,28 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StorageInternalError)
     async def optuna_storage(_request: Request, exc: StorageInternalError) -> JSONResponse:
         # Optuna wraps every database error of its storage in this one.
-        if isinstance(exc.__cause__, DataError):
-            return _unstorable(exc.__cause__)
+        if (refused := _data_error(exc)) is not None:
+            return _unstorable(refused)
         return _unavailable(f"optuna storage error: {exc.__cause__ or exc}")
 
     @app.exception_handler(StorageError)
     async def storage(_request: Request, exc: StorageError) -> JSONResponse:
         # The database refusing a value (bad text, a number out of range) is the request's
         # fault, not an outage: 422, which clients do not retry. 503 is for the rest.
-        if isinstance(exc.__cause__, DataError):
-            return _unstorable(exc.__cause__)
+        if (refused := _data_error(exc)) is not None:
+            return _unstorable(refused)
         return _unavailable(f"storage error: {exc}")
+
+
+def _data_error(exc: BaseException) -> DataError | None:
+    """The database's refusal of a value behind `exc`, through every wrapping (ours of
+    Optuna's of the driver's), or None."""
+    cause = exc.__cause__
+    while cause is not None:
+        if isinstance(cause, DataError):
+            return cause
+        cause = cause.__cause__
+    return None
 
 
 def _unavailable(cause: str) -> JSONResponse:
