@@ -9,9 +9,10 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -108,3 +109,16 @@ def is_alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def until(what: str, check: Callable[[], Any], *, timeout: float = 60,
+          on_timeout: Callable[[], str] = lambda: "") -> Any:
+    """Poll `check` every 0.1 s until it returns something true, and return that; an
+    AssertionError naming `what` (and `on_timeout()`, e.g. a log tail) past `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"not {what} within {timeout} s\n{on_timeout()}")

@@ -6,14 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from servers import RunningServer, create_token, start_server, stop_server
+from servers import RunningServer, create_token, start_server, stop_server, until
 from torch import nn
 
 from edgetune.client import Client
@@ -101,16 +100,6 @@ def agents(server: RunningServer, tmp_path: Path) -> Iterator[Agents]:
     yield running
     running.stop_all()
 
-
-def until(what: str, check: Callable[[], Any], *, timeout: float = 60,
-          on_timeout: Callable[[], str] = lambda: "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"not {what} within {timeout} s\n{on_timeout()}")
 
 
 def wait_device(client: Client, name: str, agents: Agents) -> str:

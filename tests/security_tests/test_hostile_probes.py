@@ -13,7 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from servers import (
     is_alive,
     start_server,
     stop_server,
+    until,
 )
 
 pytest.importorskip("onnx")
@@ -96,16 +97,6 @@ def agent(server: RunningServer, user: httpx.Client,
     yield running
     running.stop()
 
-
-def until(what: str, check: Callable[[], Any], *, timeout: float = 60,
-          on_timeout: Callable[[], str] = lambda: "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"not {what} within {timeout} s\n{on_timeout()}")
 
 
 def upload(user: httpx.Client, body: bytes, *, device: str = "target",
