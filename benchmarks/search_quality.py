@@ -1,8 +1,9 @@
 """How well each algorithm searches, run through the service's own API (a real `edgetune serve`).
 
-Run: python benchmarks/search_quality.py [--quick]  ->  benchmarks/results/search_quality.md
-and search_quality_*.png beside it. Every job has a seed and runs at parallelism 1, so a rerun
-asks the same parameters; two workers run two jobs at a time.
+Run: python benchmarks/search_quality.py [--quick] [--parts synthetic,nas,pruning]  ->
+benchmarks/results/search_quality_<part>.md and search_quality_*.png beside them. Every job
+has a seed and runs at parallelism 1, so a rerun asks the same parameters; two
+workers run two jobs at a time.
 
 1. ZDT1 (30 variables) and DTLZ2 (12 variables, 3 objectives) through the `function` trainer:
    hypervolume against trials, mean of the seeds, for random, tpe, motpe, nsga2, gp and rl. The
@@ -44,7 +45,6 @@ from edgetune.schemas import TrialPublic
 from edgetune.search.pareto import hypervolume
 
 RESULTS = Path(__file__).parent / "results"
-OUT = RESULTS / "search_quality.md"
 
 #: problem -> (variables, objectives, reference point, exact hypervolume of the true front).
 #: The reference is 1.1 x the worst value each objective can take (ZDT1: f1 <= 1, f2 <= 10;
@@ -249,22 +249,25 @@ def main() -> None:
         run_all(client, runs, timeout_s=6 * 3600)
     total_s = time.perf_counter() - start
     RESULTS.mkdir(parents=True, exist_ok=True)
-    lines = [
-        "# Search quality",
-        "",
-        f"`python benchmarks/search_quality.py{' --quick' if args.quick else ''}` on "
-        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}: "
-        f"{len(runs)} jobs through a real `edgetune serve --workers {args.workers}` (SQLite), "
-        f"seeds {seeds}, every job at parallelism 1; {total_s / 60:.0f} min in all. "
-        "Hypervolumes are means over the seeds.",
-    ]
+    header = (
+        f"`python benchmarks/search_quality.py --parts {{part}}{' --quick' if args.quick else ''}`"
+        f" on {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}: {len(runs)} jobs ({args.parts}) through a real "
+        f"`edgetune serve --workers {args.workers}` (SQLite), seeds {seeds}, every job at "
+        f"parallelism 1; {total_s / 60:.0f} min in all. Hypervolumes are means over the seeds."
+    )
     by = {(r.study, r.method): [x for x in runs if (x.study, x.method) == (r.study, r.method)]
           for r in runs}
-    lines += synthetic_section(by, n_synthetic) if "synthetic" in parts else []
-    lines += nas_section(by, runs, n_nas) if "nas" in parts else []
-    lines += pruning_section(by, runs) if "pruning" in parts else []
-    OUT.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    sections = {
+        "synthetic": lambda: synthetic_section(by, n_synthetic),
+        "nas": lambda: nas_section(by, runs, n_nas),
+        "pruning": lambda: pruning_section(by, runs),
+    }
+    for part in sorted(parts):
+        # One file per part, so that a part is rerun without touching the others' figures.
+        lines = ["# Search quality: " + part, "", header.format(part=part), *sections[part]()]
+        (RESULTS / f"search_quality_{part}.md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
 
 
 def synthetic_section(by: dict[tuple[str, str], list[Run]], n: int) -> list[str]:

@@ -145,6 +145,7 @@ class OptunaBackend:
                     study.reap_dead()
             if control.cancel_requested():
                 self._stop_all(study, running, "the job was cancelled")
+                self._wait_for_other_workers(study, storage)
                 return JobOutcome(JobStatus.CANCELLED, "cancelled by request")
             if control.should_stop():
                 self._stop_all(study, running, "the worker stopped")
@@ -235,6 +236,24 @@ class OptunaBackend:
             receiver.close()
             raise
         return _Running(trial_id=trial_id, process=process, conn=receiver)
+
+    def _wait_for_other_workers(
+        self, study: JobStudy, storage: optuna.storages.RDBStorage
+    ) -> None:
+        """Wait, bounded, until the trials other workers run for the job have stopped too (each
+        stops its own once it sees the cancellation; a dead worker's are reaped), so that a
+        job reads "cancelled" only once nothing of it runs."""
+        deadline = time.monotonic() + 2 * self.heartbeat_interval_s + 10 * self.poll_interval_s
+        while time.monotonic() < deadline:
+            try:
+                with job_lock(storage.engine, study.job.job_id):
+                    study.reap_dead()
+                if study.budget().running == 0:
+                    return
+            except StorageError as e:
+                logger.warning("job %s: could not read its running trials (%s)",
+                               study.job.job_id, e)
+            time.sleep(self.poll_interval_s)
 
     def _stop_all(self, study: JobStudy, running: dict[int, _Running], reason: str) -> None:
         for run in running.values():
