@@ -59,6 +59,12 @@ class DataLayout:
         return self.root / "models"
 
     @property
+    def supernets(self) -> Path:
+        """Trained one-shot supernets, by content hash (`trainers.supernet`): a job that names
+        the same space, data and training settings reuses one instead of training it."""
+        return self.root / "supernets"
+
+    @property
     def token(self) -> Path:
         """The token a development server writes for the SDK and the CLI."""
         return self.root / "token"

@@ -142,6 +142,30 @@ class ConstraintSpec(_Spec):
         return value - self.bound if self.op == "<=" else self.bound - value
 
 
+class OneShotSpec(_Spec):
+    """One-shot NAS (Once-for-All style): one weight-sharing supernet over the `mobilenet`
+    space is trained once; the job's first `budget.n_trials - finalists` trials are its
+    subnets, evaluated with inherited weights in seconds (user attribute `one_shot: eval`);
+    the last `finalists` trials train the best of those (the Pareto front, then the next
+    ranks) as ordinary trials for `trainer.epochs` epochs (`one_shot: finetune`)."""
+
+    supernet_epochs: int = Field(
+        default=20, ge=1, le=1000,
+        description="Epochs of supernet training (each step trains the largest, the smallest "
+                    "and `random_subnets` random subnets).",
+    )
+    random_subnets: int = Field(default=2, ge=0, le=8,
+                                description="Random subnets per training step (sandwich rule).")
+    distill: bool = Field(default=True, description="In-place distillation from the largest "
+                                                    "subnet to the others.")
+    finalists: int = Field(default=4, ge=1, le=64,
+                           description="Subnets of the front trained as ordinary trials.")
+    finetune: Literal["inherit", "scratch"] = Field(
+        default="inherit",
+        description="Finalists start from the supernet's weights (inherit) or from scratch.",
+    )
+
+
 class AlgorithmSpec(_Spec):
     """How to search: the backend, the sampler and the pruner or scheduler (registry names)."""
 
@@ -151,6 +175,10 @@ class AlgorithmSpec(_Spec):
     options: dict[Annotated[str, Field(pattern=NAME)], OptionValue] = Field(
         default_factory=dict, max_length=32,
         description="Sampler and pruner settings, such as the RL controller's reward.",
+    )
+    one_shot: OneShotSpec | None = Field(
+        default=None, description="Search a trained supernet's subnets instead of training "
+                                  "every candidate (image-classifier, mobilenet space).",
     )
 
 

@@ -131,7 +131,7 @@ class FrontView:
         reference: Sequence[float] | None = None,
     ) -> RankedFront:
         keys = _objective_keys(spec, objectives)
-        n_complete = count_completed(self.db, study_name)
+        n_complete = count_completed(self.db, study_name, one_shot_evals=_ranks_evals(spec))
         cache_key = (study_name, tuple(keys), None if reference is None else tuple(reference),
                      n_complete)
         with self._lock:
@@ -228,7 +228,7 @@ class FrontView:
     ) -> RankedFront:
         directions = {o.key: o.direction or METRICS[o.name] for o in spec.objectives}
         columns = [spec.metric_names.index(k) for k in keys]
-        rows = completed_trials(self.db, study_name)
+        rows = completed_trials(self.db, study_name, one_shot_evals=_ranks_evals(spec))
         values = np.array([row.values for row in rows], dtype=np.float64).reshape(
             len(rows), len(spec.metric_names)
         )[:, columns]
@@ -287,6 +287,12 @@ class FrontView:
             hypervolume=volume,
             constrained=bool(spec.constraints),
         )
+
+
+def _ranks_evals(spec: JobSpec) -> bool:
+    """Whether the front ranks one-shot evaluations: not in a one-shot job, whose front holds
+    the trained finalists (an evaluation's accuracy is inherited from the supernet)."""
+    return spec.algorithm.one_shot is None
 
 
 def _objective_keys(spec: JobSpec, objectives: Sequence[str] | None) -> list[str]:

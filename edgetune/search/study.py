@@ -20,10 +20,11 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from edgetune.errors import TrialFailed, TrialPruned
+from edgetune.search import one_shot
 from edgetune.spaces import Param, ParamValue, resolve_space
 from edgetune.spec import JobSpec
 from edgetune.storage import JobStatus, optuna_storage, study_store, utcnow
-from edgetune.storage.study_store import ERROR_ATTR, INFRA_FAILURE_KEY
+from edgetune.storage.study_store import ERROR_ATTR, INFRA_FAILURE_KEY, ONE_SHOT_ATTR
 
 if TYPE_CHECKING:
     import optuna
@@ -252,6 +253,8 @@ class AskedTrial:
 
     trial: optuna.Trial
     params: dict[str, ParamValue]
+    #: In a one-shot job, what the trial does (`search.one_shot.Stage`'s value).
+    one_shot: str | None = None
 
     @property
     def number(self) -> int:
@@ -291,11 +294,26 @@ class JobStudy:
                       parallelism=self.spec.budget.parallelism)
 
     def new_trial(self) -> int | None:
-        """A new trial's id, with its first heartbeat, or None when the budget says no more.
-        Call it under the job's lock, which guards the slot; sample after it (`sample`)."""
+        """A new trial's id, with its first heartbeat, or None when the budget says no more
+        (or a one-shot job waits for its evaluations to end). Call it under the job's lock,
+        which guards the slot; sample after it (`sample`)."""
         if not self.budget().may_ask():
             return None
-        return study_store.create_trial(self.study)
+        planned = None
+        if self.spec.algorithm.one_shot is not None:
+            planned = self._one_shot_plan()
+            if planned is None:
+                return None
+        trial_id = study_store.create_trial(self.study)
+        if planned is not None:
+            study_store.set_user_attr(self.study, trial_id, ONE_SHOT_ATTR, planned.stage.value)
+            if planned.params is not None:
+                study_store.fix_params(self.study, trial_id, planned.params)
+        return trial_id
+
+    def _one_shot_plan(self) -> one_shot.Planned | None:
+        trials = study_store.all_trials(self.study)
+        return one_shot.plan_next(self.spec, self.job.n_trials, trials)
 
     def sample(self, trial_id: int, *, note_fixed: bool = True) -> AskedTrial:
         """The trial's parameters from the sampler; the fixed ones are noted on the trial."""
@@ -306,7 +324,9 @@ class JobStudy:
         fixed = {k: v for k, v in params.items() if k not in trial.params}
         if fixed and note_fixed:
             study_store.set_user_attr(self.study, trial_id, FIXED_PARAMS_ATTR, fixed)
-        return AskedTrial(trial, params)
+        stage = (trial.user_attrs.get(ONE_SHOT_ATTR)
+                 if self.spec.algorithm.one_shot is not None else None)
+        return AskedTrial(trial, params, one_shot=stage)
 
     def ask(self) -> AskedTrial | None:
         """`new_trial` and `sample` at once, for a caller that holds no lock of its own."""
@@ -386,7 +406,13 @@ class JobStudy:
     def is_done(self) -> bool:
         """True when no trial runs and none may be asked: the job has ended."""
         used = self.budget()
-        return used.running == 0 and (self.job.timed_out() or not used.may_ask())
+        if used.running:
+            return False
+        if self.job.timed_out() or not used.may_ask():
+            return True
+        # A one-shot job with no trial running and no finalist left to train has ended, with
+        # budget to spare when its evaluations found fewer distinct finalists.
+        return self.spec.algorithm.one_shot is not None and self._one_shot_plan() is None
 
 
 def _uses_budget(t: optuna.trial.FrozenTrial) -> bool:

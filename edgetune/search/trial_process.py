@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgetune.devices import MeasureConfig
 from edgetune.errors import TrialFailed, TrialPruned
+from edgetune.search.one_shot import Stage, evaluate_subnet, start_from_supernet
 from edgetune.search.study import OutcomeState, ResolvedJob, TrialOutcome, run_trial
 from edgetune.settings import DataLayout
 from edgetune.spaces import ParamValue
@@ -36,6 +37,7 @@ PRELOAD = [
     "torch", "torch._dynamo", "torch.onnx", "onnxruntime", "sklearn.datasets",
     "sklearn.model_selection", "optuna", "edgetune.trainers._image", "edgetune.trainers._tabular",
     "edgetune.trainers.export", "edgetune.trainers.compression", "edgetune.trainers.models",
+    "edgetune.trainers.supernet",
     "onnxruntime.quantization",
     "edgetune.devices",
 ]
@@ -55,6 +57,7 @@ class TrialTask:
     layout: DataLayout
     latency: MeasureConfig
     probe_timeout_s: float  # how long a registered device may take to measure
+    one_shot: str | None = None  # in a one-shot job, what the trial does (`one_shot.Stage`)
 
 
 def run_trial_process(task: TrialTask, conn: Any) -> None:
@@ -96,18 +99,20 @@ def _run(task: TrialTask) -> TrialOutcome:
     return train_and_measure(
         job.spec, task.params, layout=task.layout, study_name=job.study_name,
         latency=task.latency, report=_reporter(task), storage_url=task.storage_url,
-        probe_timeout_s=task.probe_timeout_s, tenant=job.tenant,
+        probe_timeout_s=task.probe_timeout_s, tenant=job.tenant, one_shot=task.one_shot,
     )
 
 
 def train_and_measure(
     spec: JobSpec, params: dict[str, ParamValue], *, layout: DataLayout, study_name: str,
     latency: MeasureConfig, report: Report, storage_url: str, probe_timeout_s: float,
-    tenant: str, checkpoint_dir: Path | None = None,
+    tenant: str, checkpoint_dir: Path | None = None, one_shot: str | None = None,
 ) -> TrialOutcome:
     """Train one candidate, export it and measure it on the job's devices; any backend's
     trial runs this. Returns the outcome a backend tells the study; raises `TrialPruned` or
-    `TrialFailed` (see `run_trial`)."""
+    `TrialFailed` (see `run_trial`). In a one-shot job (`search.one_shot`), an evaluation
+    cuts the candidate out of the supernet instead of training it, and a finalist trains
+    from the supernet's weights unless the job says from scratch."""
     from edgetune.search.device_latency import LatencyUnavailable, measure_on_devices
     from edgetune.trainers import get_trainer_class
 
@@ -134,7 +139,12 @@ def train_and_measure(
         _prune_if_too_slow(trainer, params, limited, artifact_dir=artifact_dir, latency=latency,
                            storage_url=storage_url, probe_timeout_s=probe_timeout_s,
                            tenant=tenant)
-    fit = trainer.fit(params, report=recording, checkpoint_dir=checkpoint_dir)
+    if one_shot == Stage.EVAL.value:
+        fit = evaluate_subnet(spec, trainer, params, layout)
+    else:
+        if one_shot == Stage.FINETUNE.value:
+            start_from_supernet(spec, trainer, layout)
+        fit = trainer.fit(params, report=recording, checkpoint_dir=checkpoint_dir)
     if fit.model is None:  # nothing to export: the trainer measured every metric itself
         return TrialOutcome(OutcomeState.COMPLETE, metrics=dict(fit.metrics))
     artifact, metrics, attrs = export_fit(fit, artifact_dir)

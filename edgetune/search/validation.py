@@ -6,6 +6,7 @@ import importlib.util
 from collections.abc import Collection
 
 from edgetune.errors import InvalidSpecError
+from edgetune.search.one_shot import check_one_shot
 from edgetune.search.registry import OPTIONS, PRUNERS, SAMPLERS, pbt_mutable, progress_metric
 from edgetune.search.samplers import InfiniteGridError
 from edgetune.spaces import Param, resolve_space
@@ -48,6 +49,7 @@ def validate_job_spec(spec: JobSpec, *, devices: Collection[str] = (LOCAL_DEVICE
     _check_pruner(spec, params, trainer_cls)
     _check_options(spec)
     _check_resources(spec)
+    check_one_shot(spec)
 
     named = [(f"objectives.{i}.device", o.device) for i, o in enumerate(spec.objectives)]
     named += [(f"constraints.{i}.device", c.device) for i, c in enumerate(spec.constraints)]
@@ -107,6 +109,9 @@ def _check_ask_tell(spec: JobSpec) -> None:
     if spec.algorithm.backend != "optuna":
         raise InvalidSpecError("algorithm.backend",
                                "ask-tell jobs run on the optuna backend: clients run the trials")
+    if spec.algorithm.one_shot is not None:
+        raise InvalidSpecError("algorithm.one_shot", "ask-tell jobs have no supernet: clients "
+                               "train every trial")
     if spec.constraints:
         raise InvalidSpecError("constraints", "ask-tell jobs take no constraints yet: tell "
                                "an infeasible trial failed, or make the limit an objective")

@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 INFRA_FAILURE_KEY = "edgetune:infra_failure"
 #: The user attribute holding why a trial failed.
 ERROR_ATTR = "error"
+#: The user attribute that says what a trial of a one-shot job does (`search.one_shot`): its
+#: evaluations ("eval") stay out of the job's Pareto front.
+ONE_SHOT_ATTR = "one_shot"
 
 
 @contextlib.contextmanager
@@ -156,6 +159,18 @@ def record_heartbeat(study: optuna.Study, trial: int) -> None:
 def set_user_attr(study: optuna.Study, trial: int, key: str, value: Any) -> None:
     with storage_errors(f"storing the trial's {key!r}"):
         study._storage.set_trial_user_attr(trial, key, value)
+
+
+def all_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Every trial of the study, read afresh from the storage."""
+    with storage_errors("reading the study's trials"):
+        return study._storage.get_all_trials(study_id(study), deepcopy=False)
+
+
+def fix_params(study: optuna.Study, trial: int, params: Mapping[str, Any]) -> None:
+    """Make the trial run with `params` whatever the sampler says, as `Study.enqueue_trial`
+    does (the parameters Optuna's `Trial` reads first)."""
+    set_system_attr(study, trial, "fixed_params", dict(params))
 
 
 def set_system_attr(study: optuna.Study, trial: int, key: str, value: Any) -> None:
@@ -534,9 +549,20 @@ class CompletedTrial:
     values: tuple[float, ...]
 
 
-def completed_trials(db: Database, study_name: str) -> list[CompletedTrial]:
+#: Leaves out the one-shot evaluations (`ONE_SHOT_ATTR` "eval") of `completed_trials`.
+_NOT_ONE_SHOT_EVAL = (
+    "AND NOT EXISTS (SELECT 1 FROM trial_user_attributes a WHERE a.trial_id = t.trial_id "
+    f"AND a.key = '{ONE_SHOT_ATTR}' AND a.value_json = '\"eval\"') "
+)
+
+
+def completed_trials(
+    db: Database, study_name: str, *, one_shot_evals: bool = True
+) -> list[CompletedTrial]:
     """Every COMPLETE trial of the study with its values, in one query, ordered by trial id;
     values decoded as Optuna decodes them (±inf are stored as NULL with their `value_type`).
+    `one_shot_evals=False` leaves out the subnets a one-shot job evaluated with inherited
+    weights.
 
     Building FrozenTrials through Optuna's storage costs about a millisecond per trial; the
     Pareto view of a job with 10,000 trials needs only these columns.
@@ -548,7 +574,8 @@ def completed_trials(db: Database, study_name: str) -> list[CompletedTrial]:
                 "FROM trials t JOIN studies s ON s.study_id = t.study_id "
                 "JOIN trial_values v ON v.trial_id = t.trial_id "
                 "WHERE s.study_name = :name AND t.state = 'COMPLETE' "
-                "ORDER BY t.trial_id, v.objective"
+                + ("" if one_shot_evals else _NOT_ONE_SHOT_EVAL)
+                + "ORDER BY t.trial_id, v.objective"
             ),
             {"name": study_name},
         ).all()
@@ -612,13 +639,14 @@ def trial_params(db: Database, trial_ids: Sequence[int]) -> dict[int, dict[str, 
     return out
 
 
-def count_completed(db: Database, study_name: str) -> int:
+def count_completed(db: Database, study_name: str, *, one_shot_evals: bool = True) -> int:
     """How many trials of the study are COMPLETE; they never leave that state."""
     with storage_errors("counting completed trials"), db.engine.connect() as conn:
         return int(conn.execute(
             text(
                 "SELECT COUNT(*) FROM trials t JOIN studies s ON s.study_id = t.study_id "
-                "WHERE s.study_name = :name AND t.state = 'COMPLETE'"
+                "WHERE s.study_name = :name AND t.state = 'COMPLETE' "
+                + ("" if one_shot_evals else _NOT_ONE_SHOT_EVAL)
             ),
             {"name": study_name},
         ).scalar_one())

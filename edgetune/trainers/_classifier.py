@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -54,6 +54,10 @@ class ClassifierTrainer(Trainer):
     #: early stopping can rank candidates on them (and on FLOPs in place of latency).
     progress_metrics: ClassVar[tuple[str, ...]] = ("accuracy", "params", "flops")
     mutable_params: ClassVar[frozenset[str]] = frozenset({"lr", "weight_decay"})
+    #: The network a trial starts from in place of `build_model`'s freshly initialised one,
+    #: when the framework sets it: a one-shot job's finalists start from the supernet's
+    #: weights (`edgetune.search.one_shot.warm_start`).
+    warm_start: Callable[[Mapping[str, ParamValue], Any], torch.nn.Module] | None = None
 
     @classmethod
     def validate_spec(cls, spec: TrainerSpec) -> None:
@@ -139,7 +143,7 @@ class ClassifierTrainer(Trainer):
         device = pick_device(str(options.get("device") or "auto"))
         data = self.load_data(val_fraction=float(options.get("val_fraction") or 0.2), seed=seed)
         knobs = Compression.from_params(params)
-        model = self.build_model(params, data).to(device)
+        model = (self.warm_start or self.build_model)(params, data).to(device)
         teacher = None
         if knobs.distill_alpha > 0:
             from edgetune.trainers.teacher import teacher_logits

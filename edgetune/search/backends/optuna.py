@@ -19,6 +19,7 @@ from edgetune.errors import StorageError
 from edgetune.search.capacity import TrialSlots
 from edgetune.search.device_latency import PROBE_TIMEOUT_S
 from edgetune.search.study import (
+    AskedTrial,
     JobControl,
     JobOutcome,
     JobStudy,
@@ -32,7 +33,7 @@ from edgetune.search.trial_process import (
     warm_up,
 )
 from edgetune.settings import DataLayout
-from edgetune.spaces import Param, ParamValue
+from edgetune.spaces import Param
 from edgetune.spec import JobSpec
 from edgetune.storage import Job, JobStatus, optuna_storage, study_store
 from edgetune.storage.locks import job_lock
@@ -171,8 +172,7 @@ class OptunaBackend:
                     break
                 try:
                     asked = study.sample(trial_id)
-                    running[asked.number] = self._start(study, trial_id, asked.number,
-                                                        asked.params)
+                    running[asked.number] = self._start(study, trial_id, asked)
                 except UpdateFinishedTrialError:
                     # Another worker failed the trial as dead while this one was slow to start
                     # it (no heartbeat for the grace period): it runs again, as any other.
@@ -204,14 +204,15 @@ class OptunaBackend:
         return study.outcome() if done else JobOutcome(None, None)
 
     # --- steps -----------------------------------------------------------------------------
-    def _start(self, study: JobStudy, trial_id: int, number: int,
-               params: dict[str, ParamValue]) -> _Running:
+    def _start(self, study: JobStudy, trial_id: int, asked: AskedTrial) -> _Running:
+        number = asked.number
         task = TrialTask(
             job=study.job,
             storage_url=self.storage_url,
             trial_id=trial_id,
             number=number,
-            params=params,
+            params=asked.params,
+            one_shot=asked.one_shot,
             layout=self.layout,
             latency=self.latency,
             probe_timeout_s=self.probe_timeout_s,
