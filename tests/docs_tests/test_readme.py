@@ -79,9 +79,23 @@ def run_ask_tell_example(code: str, server: RunningServer) -> dict[str, object]:
     return scope
 
 
+def run_one_shot_example(code: str, server: RunningServer) -> dict[str, object]:
+    code = substituted(code, {
+        'Client("http://127.0.0.1:8000")': "Client(SERVER)",
+        '"epochs": 10': '"epochs": 1',
+        '"supernet_epochs": 20, "finalists": 4': '"supernet_epochs": 1, "finalists": 1',
+        '"n_trials": 64': '"n_trials": 3',
+    })
+    scope: dict[str, object] = {"SERVER": server.url}
+    exec(compile(code, str(README), "exec"), scope)
+    return scope
+
+
 def _runner(code: str) -> Callable[[str, RunningServer], dict[str, object]]:
     if '"mode": "ask-tell"' in code:
         return run_ask_tell_example
+    if '"one_shot"' in code:
+        return run_one_shot_example
     if "client.submit(" in code:
         return run_sdk_example
     raise AssertionError(f"no way to run this README snippet yet; add one here:\n{code}")
@@ -103,6 +117,11 @@ def test_each_python_example_runs_against_a_real_server(
         ended = client.get(job.id)
         assert ended.status == "succeeded", ended.error
         assert client.pareto(ended.id).front_size >= 1
+        if ended.spec.algorithm.one_shot is not None:
+            # The front holds the trained finalist, not the subnets evaluated on the way.
+            front = client.pareto(ended.id).data
+            assert [t.user_attrs.get("one_shot") for t in client.trials(ended.id).data
+                    if t.number in {f.number for f in front}] == ["finetune"]
         if ended.spec.mode == "ask-tell":
             # The plain name `latency_ms` was told as the objective latency_ms@local.
             trials = client.trials(ended.id, state="complete").data
@@ -113,7 +132,8 @@ def test_each_python_example_runs_against_a_real_server(
 
 
 def test_the_python_examples_are_the_ones_this_file_runs() -> None:
-    assert [_runner(code) for _, code in PYTHON] == [run_sdk_example, run_ask_tell_example]
+    assert [_runner(code) for _, code in PYTHON] == [run_sdk_example, run_one_shot_example,
+                                                     run_ask_tell_example]
 
 
 # --- YAML: job specs -------------------------------------------------------------------------
