@@ -73,8 +73,6 @@ def check_one_shot(spec: JobSpec) -> None:
     if spec.space.name != SPACE:
         raise InvalidSpecError("space.name", f"is {spec.space.name!r}, but a one-shot job "
                                f"searches the {SPACE!r} space (narrow it with space.params)")
-    if spec.algorithm.backend != "optuna":
-        raise InvalidSpecError("algorithm.backend", "one-shot jobs run on the optuna backend")
     if spec.algorithm.pruner != "none":
         raise InvalidSpecError("algorithm.pruner", "a one-shot job evaluates subnets in "
                                "seconds and trains only its finalists: it takes no pruner")

@@ -241,3 +241,41 @@ def test_watch_and_plot_commands_against_the_server(server, tmp_path) -> None:
                                str(report)], capture_output=True, text=True, timeout=120)
     assert reported.returncode == 0, reported.stderr
     assert "<svg" in report.read_text()
+
+
+def test_one_shot_jobs_evaluate_subnets_train_finalists_and_share_the_supernet(server) -> None:
+    spec = {
+        "name": "e2e-one-shot", "seed": 3,
+        "trainer": {"name": "image-classifier", "dataset": "digits", "epochs": 1,
+                    "options": {"threads": 1}},
+        "space": {"name": "mobilenet",
+                  "params": [{"type": "fixed", "name": "resolution", "value": 8}]},
+        "objectives": [{"name": "accuracy"}, {"name": "flops"}],
+        "algorithm": {"sampler": "nsga2", "one_shot": {"supernet_epochs": 1, "finalists": 1}},
+        "budget": {"n_trials": 4, "parallelism": 2},
+    }
+    supernets = server.data_dir / "supernets"
+    with Client(server.url) as client:
+        first = client.wait(client.submit(spec).id, timeout=300, poll_interval=0.5)
+        assert first.status == "succeeded", first.error
+        trials = client.trials(first.id).data
+        assert sorted(t.user_attrs["one_shot"] for t in trials) == ["eval"] * 3 + ["finetune"]
+        evaluations = [t for t in trials if t.user_attrs["one_shot"] == "eval"]
+        # Each evaluation is a measured, exported model: its own size and FLOPs, an accuracy.
+        assert all(t.state == "complete" and "artifact" in t.user_attrs for t in evaluations)
+        assert all(0 < t.metrics["accuracy"] <= 1 for t in evaluations)
+        final = next(t for t in trials if t.user_attrs["one_shot"] == "finetune")
+        front = client.pareto(first.id)
+        assert [t.number for t in front.data] == [final.number]
+        assert final.params in [t.params for t in evaluations]
+        [stored] = supernets.glob("*.pt")
+        trained_at = stored.stat().st_mtime_ns
+
+        # Another device: the same space, data and settings reuse the supernet.
+        second = client.wait(client.submit({
+            **spec, "name": "e2e-one-shot-local",
+            "objectives": [{"name": "accuracy"}, {"name": "latency_ms", "device": "local"}],
+        }).id, timeout=300, poll_interval=0.5)
+        assert second.status == "succeeded", second.error
+        assert list(supernets.glob("*.pt")) == [stored]
+        assert stored.stat().st_mtime_ns == trained_at

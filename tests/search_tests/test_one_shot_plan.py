@@ -53,6 +53,8 @@ def test_evaluations_then_the_fronts_finalists(jobs: JobRepository) -> None:
     assert study.ask() is None  # one evaluation still runs
     assert evals[3] is not None
     _complete(study, evals[3].trial_id, *scores[3])
+    # The plan lives in the study: another worker (or this one, restarted) goes on from it.
+    study = JobStudy.load(job, jobs.db.url)
 
     first, second = study.ask(), study.ask()
     assert first is not None and second is not None and study.ask() is None

@@ -104,6 +104,7 @@ def run_ray_trial(config: dict[str, Any], task: RayTrialTask) -> None:
             latency=task.latency, report=report, storage_url=task.storage_url,
             probe_timeout_s=task.probe_timeout_s, tenant=task.job.tenant,
             checkpoint_dir=checkpoint_dir if task.checkpoints else None,
+            one_shot=config.get("one_shot"),
         )).with_attrs(ray_params=params, **ray_attrs)
         final: dict[str, Any] = {"epoch": epochs, RESULT_KEY: outcome.to_json()}
         final.update({k: float(v) for k, v in outcome.metrics.items()})
@@ -179,8 +180,8 @@ class RayBackend:
             # PBT refuses a searcher: the population is asked for up front, and each Ray
             # trial looks its parameters up by its study trial number.
             search_alg = None
-            population = {c["number"]: c["params"] for c in
-                          (trials.ask() for _ in range(n_trials - finished))}
+            asked = [trials.ask() for _ in range(n_trials - finished)]
+            population = {c["number"]: c["params"] for c in asked if c is not None}
             param_space = {
                 "number": tune.grid_search(list(population)),
                 "params": tune.sample_from(lambda config: population[config["number"]]),
@@ -299,17 +300,27 @@ class StudyTrials:
 
     @property
     def exhausted(self) -> bool:
-        return self.study.budget().spent
+        if self.study.budget().spent:
+            return True
+        # A one-shot job ends early when its evaluations leave fewer finalists than budget.
+        return self.study.spec.algorithm.one_shot is not None and self.study.is_done()
 
-    def ask(self) -> dict[str, Any]:
-        """A new trial of the study: the config Ray starts it with."""
+    def ask(self) -> dict[str, Any] | None:
+        """A new trial of the study: the config Ray starts it with; None while a one-shot job
+        waits for its evaluations to end before it asks its finalists."""
         from edgetune.storage import study_store
 
-        asked = self.study.sample(study_store.create_trial(self.study.study))
+        if self.study.spec.algorithm.one_shot is not None:
+            trial_id = self.study.new_trial()
+            if trial_id is None:
+                return None
+        else:
+            trial_id = study_store.create_trial(self.study.study)
+        asked = self.study.sample(trial_id)
         self.asked[asked.number] = asked.trial
         logger.info("study %s: trial %d asked for Ray with %s", self.study.job.study_name,
                     asked.number, asked.params)
-        return {"number": asked.number, "params": asked.params}
+        return {"number": asked.number, "params": asked.params, "one_shot": asked.one_shot}
 
     def progress(self, number: int, result: dict[str, Any]) -> None:
         """An epoch's report: the learning curve, for the dashboard (one objective only:
