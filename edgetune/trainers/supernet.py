@@ -26,6 +26,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import math
 import os
 import random
@@ -63,6 +64,8 @@ __all__ = [
     "supernet_key",
     "train_supernet",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: The parameters that shape a `mobilenet` network; dropout has no weights, so it is not one.
 ARCH_PARAMS = MOBILENET_PARAMS - {"dropout"}
@@ -348,12 +351,16 @@ class SupernetStore:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _load(self, path: Path, space: Sequence[Param]) -> MobileNetSupernet | None:
+        if not path.exists():
+            return None
         try:
             meta = json.loads(path.with_suffix(".json").read_text())
             blob = path.read_bytes()
             if (meta.get("version") != _FORMAT_VERSION
                     or meta.get("sha256") != hashlib.sha256(blob).hexdigest()
                     or meta.get("space") != _space_json(space)):
+                logger.warning("stored supernet %s does not match its record; training again",
+                               path.name)
                 return None
             model = MobileNetSupernet(
                 space, in_channels=int(meta["in_channels"]), n_classes=int(meta["n_classes"])
@@ -363,8 +370,9 @@ class SupernetStore:
             model.load_state_dict(state)
             if meta.get("config") is not None:
                 model.config = SupernetConfig(**meta["config"])
-        except (OSError, ValueError, TypeError, KeyError, RuntimeError, AttributeError,
-                json.JSONDecodeError):
+        except Exception as e:  # whatever fails to load is trained again, never trusted
+            logger.warning("stored supernet %s cannot be loaded (%s); training again",
+                           path.name, e)
             return None
         model.set_active(model.largest())
         return model.eval()
