@@ -82,13 +82,17 @@ def main() -> None:
         SupernetConfig(epochs=e, distill=False) for e in no_distill
     ]
     tag = "r" + "-".join(map(str, args.resolutions))
-    standalone: list[list[float]] = []  # per seed, per subnet
+    # Per seed, per subnet (None: not computed). The first seed's runs are always computed;
+    # the others, a reference that costs as much again, only with `--only standalone`.
+    standalone: list[list[float | None]] = []
     if args.only != "supernet":
-        for seed in args.standalone_seeds:
+        for n, seed in enumerate(args.standalone_seeds):
+            compute = n == 0 or args.only == "standalone"
             standalone.append([
                 _cached(args.cache / f"{tag}-standalone{args.standalone_epochs}-{i}"
                         f"{f'-s{seed}' if seed else ''}.json",
-                        lambda p=params, s=seed: _standalone(p, data, args, s))["accuracy"]
+                        lambda p=params, s=seed: _standalone(p, data, args, s),
+                        compute=compute)["accuracy"]
                 for i, params in enumerate(subnets)
             ])
     rows = []
@@ -103,10 +107,12 @@ def main() -> None:
         _report(args, space, subnets, standalone, rows)
 
 
-def _cached(path: Path, compute: Any) -> dict[str, Any]:
+def _cached(path: Path, run: Any, *, compute: bool = True) -> dict[str, Any]:
     if path.exists():
         return dict(json.loads(path.read_text()))
-    result = compute()
+    if not compute:
+        return {"accuracy": None}
+    result = run()
     path.write_text(json.dumps(result))
     return dict(result)
 
@@ -163,9 +169,19 @@ def _supernet(
 
 def _report(
     args: Any, space: list[Param], subnets: list[dict[str, ParamValue]],
-    by_seed: list[list[float]], rows: list[tuple[SupernetConfig, dict[str, Any]]],
+    by_seed: list[list[float | None]], rows: list[tuple[SupernetConfig, dict[str, Any]]],
 ) -> None:
-    standalone = by_seed[0]
+    standalone = [float(a) for a in by_seed[0] if a is not None]
+    references = []
+    for seed, other in zip(args.standalone_seeds[1:], by_seed[1:], strict=True):
+        pairs = [(a, b) for a, b in zip(standalone, other, strict=True) if b is not None]
+        if len(pairs) >= 3:
+            rho = spearmanr(*zip(*pairs, strict=True)).statistic
+            references.append(
+                f"Stand-alone seed {args.standalone_seeds[0]} vs seed {seed} over the "
+                f"{len(pairs)} subnets trained with both: rho {rho:.2f} (how well a from-scratch "
+                "trial ranks subnets against itself: the ceiling for any proxy)."
+            )
     mean_time = np.mean([json.loads(p.read_text())["seconds"] for p in args.cache.glob(
         f"r{'-'.join(map(str, args.resolutions))}-standalone{args.standalone_epochs}-*.json")])
     lines = [
@@ -190,10 +206,7 @@ def _report(
         f"{np.mean(standalone):.3f}, min {min(standalone):.3f}, max {max(standalone):.3f}; "
         f"{mean_time:.0f} s of training per subnet on average.",
         "",
-        *(f"Stand-alone seed {args.standalone_seeds[0]} vs seed {seed}: rho "
-          f"{spearmanr(standalone, other).statistic:.2f} (how well a from-scratch trial "
-          "ranks subnets against itself: the ceiling for any proxy)."
-          for seed, other in zip(args.standalone_seeds[1:], by_seed[1:], strict=True)),
+        *references,
         "",
         "| supernet | train time (s) | largest val acc (last epoch) | mean inherited acc | "
         + " | ".join(f"rho, BN {k}" for k in rows[0][1]["inherited"]) + " | s per subnet eval |",
