@@ -147,7 +147,8 @@ class OneShotSpec(_Spec):
     space is trained once; the job's first `budget.n_trials - finalists` trials are its
     subnets, evaluated with inherited weights in seconds (user attribute `one_shot: eval`);
     the last `finalists` trials train the best of those (the Pareto front, then the next
-    ranks) as ordinary trials for `trainer.epochs` epochs (`one_shot: finetune`)."""
+    ranks) as ordinary trials for `finetune_epochs` (default `trainer.epochs`) epochs
+    (`one_shot: finetune`)."""
 
     supernet_epochs: int = Field(
         default=20, ge=1, le=1000,
@@ -163,6 +164,10 @@ class OneShotSpec(_Spec):
     finetune: Literal["inherit", "scratch"] = Field(
         default="inherit",
         description="Finalists start from the supernet's weights (inherit) or from scratch.",
+    )
+    finetune_epochs: int | None = Field(
+        default=None, ge=1, le=10_000,
+        description="Epochs each finalist trains; default trainer.epochs.",
     )
 
 

@@ -210,6 +210,13 @@ def evaluate_subnet(
     )
 
 
+def finalist_epochs(spec: JobSpec) -> int:
+    one = spec.algorithm.one_shot
+    if one is None or one.finetune_epochs is None:
+        return spec.trainer.epochs
+    return one.finetune_epochs
+
+
 def start_from_supernet(spec: JobSpec, trainer: Trainer, layout: DataLayout) -> None:
     """Make a finalist train from its subnet with the supernet's weights (batch norm
     recalibrated) in place of a freshly initialised network; from scratch when the job says

@@ -13,6 +13,7 @@ import enum
 import json
 import logging
 import math
+import time
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -90,16 +91,19 @@ class TrialOutcome:
 
 
 def run_trial(train: Callable[[], TrialOutcome]) -> TrialOutcome:
-    """Call `train`, and turn what it raises into the outcome a backend tells."""
+    """Call `train`, and turn what it raises into the outcome a backend tells; the CPU seconds
+    it took (every thread of this process) are its `cpu_s` attribute."""
+    started = time.process_time()
     try:
-        return train()
+        outcome = train()
     except TrialPruned as e:
-        return TrialOutcome.pruned(e.args[0])
+        outcome = TrialOutcome.pruned(e.args[0])
     except TrialFailed as e:
-        return TrialOutcome.failed(str(e))
+        outcome = TrialOutcome.failed(str(e))
     except Exception as e:
-        return TrialOutcome.failed(f"{type(e).__name__}: {e}",
-                                   traceback=traceback.format_exc(limit=20))
+        outcome = TrialOutcome.failed(f"{type(e).__name__}: {e}",
+                                      traceback=traceback.format_exc(limit=20))
+    return outcome.with_attrs(cpu_s=round(time.process_time() - started, 3))
 
 
 class JobControl(Protocol):

@@ -18,7 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 from edgetune.devices import MeasureConfig
 from edgetune.errors import TrialFailed, TrialPruned
-from edgetune.search.one_shot import Stage, evaluate_subnet, start_from_supernet
+from edgetune.search.one_shot import (
+    Stage,
+    evaluate_subnet,
+    finalist_epochs,
+    start_from_supernet,
+)
 from edgetune.search.study import OutcomeState, ResolvedJob, TrialOutcome, run_trial
 from edgetune.settings import DataLayout
 from edgetune.spaces import ParamValue
@@ -116,9 +121,11 @@ def train_and_measure(
     from edgetune.search.device_latency import LatencyUnavailable, measure_on_devices
     from edgetune.trainers import get_trainer_class
 
-    trainer_spec = spec.trainer.model_copy(
-        update={"seed": spec.trainer.seed if spec.trainer.seed is not None else (spec.seed or 0)}
-    )
+    trainer_spec = spec.trainer.model_copy(update={
+        "seed": spec.trainer.seed if spec.trainer.seed is not None else (spec.seed or 0),
+        "epochs": finalist_epochs(spec) if one_shot == Stage.FINETUNE.value
+        else spec.trainer.epochs,
+    })
     artifact_dir = layout.artifacts
     trainer = get_trainer_class(trainer_spec.name)(
         trainer_spec, data_dir=layout.root, cache_dir=layout.cache(study_name)
