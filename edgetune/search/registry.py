@@ -107,8 +107,9 @@ OPTIONS: dict[str, Option] = {
     "perturbation_interval": Option("an integer >= 1 (epochs)", _int_at_least(1)),
     "rung_correlation": Option(
         "a number in [0, 1]: the Spearman correlation, over the job's complete trials, between "
-        "the accuracy at an epoch and the final accuracy that the epoch needs to hold a rung; "
-        "0 puts rungs at min_resource x reduction_factor^k whatever it is",
+        "the accuracy at an epoch and the final accuracy that the epoch and every later one "
+        "need for the epoch to hold a rung; 0 puts rungs at min_resource x "
+        "reduction_factor^k whatever it is",
         lambda v: _number(v) and 0 <= float(v) <= 1,  # type: ignore[arg-type]
     ),
     "min_trials_for_rungs": Option(
@@ -473,10 +474,11 @@ _FIDELITY_OPTIONS = ("min_resource", "reduction_factor", "rung_correlation",
 
 register_pruner(PrunerEntry(
     "sha", "Asynchronous successive halving: at a rung keep the best third of the trials that "
-           "reached it. Rungs sit only at epochs whose accuracy ranks the complete trials as "
-           "their final accuracy does (Spearman >= rung_correlation, 0.7; measured once "
-           "min_trials_for_rungs, 6, are complete; none before), from min_resource, times "
-           "reduction_factor (3), never at the last epoch. rung_correlation 0: Optuna's "
+           "reached it. Rungs start at the first epoch (>= min_resource) from which accuracy ranks "
+           "the complete trials as their final accuracy does (Spearman >= rung_correlation, "
+           "0.7, at it and every later epoch; measured once min_trials_for_rungs, 6, are "
+           "complete; no rung before), then every reduction_factor (3) times further, never "
+           "at the last epoch. rung_correlation 0: Optuna's "
            "SuccessiveHalvingPruner at epochs 1, 3, 9, ...",
     optuna=_sha, options=_FIDELITY_OPTIONS,
 ))
@@ -497,8 +499,8 @@ register_pruner(PrunerEntry(
 register_pruner(PrunerEntry(
     "mo-asha", "Multi-objective asynchronous successive halving (ours): at each rung, keep "
                "the best third by non-dominated rank, then crowding distance. Rungs as sha's: "
-               "only at epochs whose reported values rank the complete trials as their final "
-               "values do (the weakest objective that changes during training counts). "
+               "where reported values rank the complete trials as their final values do (the "
+               "weakest objective that changes during training counts). "
                "rung_correlation 0: rungs at epochs 1, 3, 9, ...",
     optuna=_mo_asha, multi_objective=True, single_objective=False,
     options=_FIDELITY_OPTIONS,

@@ -114,6 +114,18 @@ def test_estimate_measures_each_epoch_and_leaves_constant_objectives_out():
     assert 4 not in estimate.rung_steps(threshold=0.7, min_step=3, reduction_factor=2)
 
 
+def test_a_rung_needs_every_later_step_to_pass():
+    study = make_study()
+    # Epoch 1 and 3 rank as the end, epoch 2 backwards: a lucky epoch 1 opens no rung there.
+    for final in FINALS:
+        run_trial(study, [final - 0.3, 1 - final, final - 0.1, final, final])
+    estimate = fidelity_estimate(study.trials, 1)
+    assert estimate is not None
+    assert estimate.min_spearman(1) == pytest.approx(1.0)
+    assert estimate.rung_steps(threshold=0.7, min_step=1, reduction_factor=3) == [3]
+    assert estimate.rung_steps(threshold=0.7, min_step=4, reduction_factor=3) == [4]
+
+
 def test_estimate_ignores_pruned_and_running_trials():
     study = make_study()
     assert fidelity_estimate(study.trials, 1) is None

@@ -129,20 +129,28 @@ class FidelityEstimate:
 
     def rung_steps(self, *, threshold: float, min_step: int, reduction_factor: int
                    ) -> list[int]:
-        """Steps before the final one where successive halving may stop trials: from the first
-        step >= `min_step` whose correlation reaches `threshold`, that step times powers of
-        `reduction_factor`, each kept only if its own correlation reaches `threshold`."""
-        passing = [r for r in sorted(self.spearman)
-                   if r >= min_step and r < self.final_step
-                   and self.min_spearman(r) >= threshold]
-        if not passing:
+        """Steps before the final one where successive halving may stop trials: the first
+        step >= `min_step` from which every measured step up to the final one reaches
+        `threshold`, then that step times powers of `reduction_factor`.
+
+        Asking every later step to pass, not just the rung's own, keeps a chance high
+        correlation at one step of a few noisy trials (with several steps to choose from,
+        one often passes by luck) from opening a rung: ranks that predict the end at epoch
+        `r` should still predict it at `r + 1`.
+        """
+        steps = [r for r in sorted(self.spearman) if r < self.final_step]
+        first = None
+        for r in reversed(steps):
+            if r < min_step or not self.min_spearman(r) >= threshold:
+                break
+            first = r
+        if first is None:
             return []
-        steps, r = [], passing[0]
+        rungs, r = [], first
         while r < self.final_step:
-            if self.min_spearman(r) >= threshold:
-                steps.append(r)
+            rungs.append(r)
             r *= reduction_factor
-        return steps
+        return rungs
 
 
 def fidelity_estimate(trials: Sequence[FrozenTrial], n_objectives: int
@@ -184,10 +192,10 @@ class FidelityHalvingPruner(BasePruner):
 
     At every call the rungs are recomputed from the study (`fidelity_estimate`): none until
     `min_trials_for_rungs` trials are complete, so those run to the end; then the first step
-    >= `min_resource` whose Spearman correlation with the final values reaches
-    `rung_correlation` (the weakest objective counts, with several), and that step times
-    powers of `reduction_factor`, each only where its own correlation passes and never at the
-    final step, since stopping a trial there saves nothing and loses its result.
+    >= `min_resource` from which the Spearman correlation with the final values reaches
+    `rung_correlation` at every step (the weakest objective counts, with several), and that
+    step times powers of `reduction_factor`, never at the final step, since stopping a trial
+    there saves nothing and loses its result.
 
     A trial reporting a rung step competes with every trial of the study that reported the
     same step, whatever its state: it goes on only if it is among the first
