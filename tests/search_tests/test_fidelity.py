@@ -268,3 +268,24 @@ def test_registry_default_follows_correlation_and_zero_restores_fixed_rungs(
     ))
     assert isinstance(tuned, FidelityHalvingPruner)
     assert (tuned._rung_correlation, tuned._min_trials_for_rungs) == (0.9, 4)
+
+
+@pytest.mark.parametrize(("options", "error"), [
+    ({"rung_correlation": 0.5, "min_trials_for_rungs": 8}, None),
+    ({"rung_correlation": 0}, None),
+    ({"rung_correlation": 1.5}, "rung_correlation"),
+    ({"rung_correlation": True}, "rung_correlation"),
+    ({"min_trials_for_rungs": 2}, "min_trials_for_rungs"),
+])
+def test_options_are_checked_at_submission(options, error):
+    from edgetune.errors import InvalidSpecError
+    from edgetune.search.validation import validate_job_spec
+
+    job = spec("sha", 1, options)
+    if error is None:
+        validate_job_spec(job)
+    else:
+        with pytest.raises(InvalidSpecError, match=error):
+            validate_job_spec(job)
+    with pytest.raises(InvalidSpecError, match="neither"):
+        validate_job_spec(spec("median", 1, {"rung_correlation": 0.5}))

@@ -153,10 +153,12 @@ class FidelityEstimate:
         return rungs
 
 
-def fidelity_estimate(trials: Sequence[FrozenTrial], n_objectives: int
-                      ) -> FidelityEstimate | None:
+def fidelity_estimate(trials: Sequence[FrozenTrial], n_objectives: int, *,
+                      with_kendall: bool = True) -> FidelityEstimate | None:
     """The rank correlations between each step's reported values and the final values, over
-    the complete `trials` that reported at least one step; None when there are none."""
+    the complete `trials` that reported at least one step; None when there are none.
+    `with_kendall=False` leaves `kendall` empty: it costs O(n^2) per step, and the rungs
+    read only Spearman's."""
     complete = []
     for t in trials:
         if t.state != TrialState.COMPLETE or t.values is None or len(t.values) != n_objectives:
@@ -181,7 +183,8 @@ def fidelity_estimate(trials: Sequence[FrozenTrial], n_objectives: int
         early = [[reported[s][k] for _, reported in complete] for k in varying]
         final = [[float(t.values[k]) for t, _ in complete] for k in varying]
         spearman[s] = tuple(spearman_rho(e, f) for e, f in zip(early, final, strict=True))
-        kendall[s] = tuple(kendall_tau(e, f) for e, f in zip(early, final, strict=True))
+        if with_kendall:
+            kendall[s] = tuple(kendall_tau(e, f) for e, f in zip(early, final, strict=True))
     return FidelityEstimate(n_trials=len(complete), final_step=final_step, objectives=varying,
                             spearman=spearman, kendall=kendall)
 
@@ -245,7 +248,7 @@ class FidelityHalvingPruner(BasePruner):
         """The steps that hold a rung now, from the study's complete trials."""
         if trials is None:
             trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        estimate = fidelity_estimate(trials, len(study.directions))
+        estimate = fidelity_estimate(trials, len(study.directions), with_kendall=False)
         if estimate is None or estimate.n_trials < self._min_trials_for_rungs:
             return []
         return estimate.rung_steps(threshold=self._rung_correlation,
