@@ -105,6 +105,17 @@ OPTIONS: dict[str, Option] = {
     "reduction_factor": Option("an integer >= 2", _int_at_least(2)),
     "min_resource": Option("an integer >= 1 (epochs)", _int_at_least(1)),
     "perturbation_interval": Option("an integer >= 1 (epochs)", _int_at_least(1)),
+    "rung_correlation": Option(
+        "a number in [0, 1]: the Spearman correlation, over the job's complete trials, between "
+        "the accuracy at an epoch and the final accuracy that the epoch and every later one "
+        "need for the epoch to hold a rung; 0 puts rungs at min_resource x "
+        "reduction_factor^k whatever it is",
+        lambda v: _number(v) and 0 <= float(v) <= 1,  # type: ignore[arg-type]
+    ),
+    "min_trials_for_rungs": Option(
+        "an integer >= 3: complete trials needed to measure that correlation; until then no "
+        "trial is stopped", _int_at_least(3),
+    ),
     "reward": Option(
         "'mnasnet' (ACC*(LAT/T)^w), 'mnasnet-hard' (w = 0 within the target, -1 past it) or "
         "'scalarized' (random weights over all objectives)",
@@ -335,9 +346,34 @@ def _median(ctx: AlgorithmContext) -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
 
 
+#: The correlation a rung needs by default: at 0.7 an early score orders about three pairs of
+#: trials in four as their final scores do (Kendall's tau near 0.5).
+RUNG_CORRELATION = 0.7
+MIN_TRIALS_FOR_RUNGS = 6
+
+
+def _fidelity_halving(ctx: AlgorithmContext) -> optuna.pruners.BasePruner | None:
+    """Successive halving with rungs where early scores rank trials as final ones do; None
+    when `rung_correlation` is 0 (fixed rungs, as before it existed)."""
+    from edgetune.search.schedulers import FidelityHalvingPruner
+
+    threshold = float(_option(ctx, "rung_correlation", RUNG_CORRELATION))
+    if threshold == 0:
+        return None
+    return FidelityHalvingPruner(
+        rung_correlation=threshold,
+        min_trials_for_rungs=_option(ctx, "min_trials_for_rungs", MIN_TRIALS_FOR_RUNGS),
+        min_resource=_option(ctx, "min_resource", 1),
+        reduction_factor=_option(ctx, "reduction_factor", 3),
+    )
+
+
 def _sha(ctx: AlgorithmContext) -> optuna.pruners.BasePruner:
     import optuna
 
+    pruner = _fidelity_halving(ctx)
+    if pruner is not None:
+        return pruner
     return optuna.pruners.SuccessiveHalvingPruner(
         min_resource=_option(ctx, "min_resource", 1),
         reduction_factor=_option(ctx, "reduction_factor", 3),
@@ -356,6 +392,9 @@ def _hyperband(ctx: AlgorithmContext) -> optuna.pruners.BasePruner:
 def _mo_asha(ctx: AlgorithmContext) -> optuna.pruners.BasePruner:
     from edgetune.search.schedulers import MOASHAPruner
 
+    pruner = _fidelity_halving(ctx)
+    if pruner is not None:
+        return pruner
     return MOASHAPruner(
         min_resource=_option(ctx, "min_resource", 1),
         reduction_factor=_option(ctx, "reduction_factor", 3),
@@ -429,10 +468,19 @@ register_pruner(PrunerEntry(
     "epoch (after 3 trials and from epoch 2).",
     optuna=_median,
 ))
+#: What successive halving with correlated rungs reads.
+_FIDELITY_OPTIONS = ("min_resource", "reduction_factor", "rung_correlation",
+                     "min_trials_for_rungs")
+
 register_pruner(PrunerEntry(
-    "sha", "Asynchronous successive halving (Optuna): at epochs 1, 3, 9, ... keep the best "
-           "third of the trials that reached it.",
-    optuna=_sha, options=("min_resource", "reduction_factor"),
+    "sha", "Asynchronous successive halving: at a rung keep the best third of the trials that "
+           "reached it. Rungs start at the first epoch (>= min_resource) from which accuracy ranks "
+           "the complete trials as their final accuracy does (Spearman >= rung_correlation, "
+           "0.7, at it and every later epoch; measured once min_trials_for_rungs, 6, are "
+           "complete; no rung before), then every reduction_factor (3) times further, never "
+           "at the last epoch. rung_correlation 0: Optuna's "
+           "SuccessiveHalvingPruner at epochs 1, 3, 9, ...",
+    optuna=_sha, options=_FIDELITY_OPTIONS,
 ))
 register_pruner(PrunerEntry(
     "hyperband", "Hyperband: successive halving over several brackets of early-stopping "
@@ -450,7 +498,10 @@ register_pruner(PrunerEntry(
 ))
 register_pruner(PrunerEntry(
     "mo-asha", "Multi-objective asynchronous successive halving (ours): at each rung, keep "
-               "the best third by non-dominated rank, then crowding distance.",
+               "the best third by non-dominated rank, then crowding distance. Rungs as sha's: "
+               "where reported values rank the complete trials as their final values do (the "
+               "weakest objective that changes during training counts). "
+               "rung_correlation 0: rungs at epochs 1, 3, 9, ...",
     optuna=_mo_asha, multi_objective=True, single_objective=False,
-    options=("min_resource", "reduction_factor"),
+    options=_FIDELITY_OPTIONS,
 ))

@@ -18,8 +18,15 @@ import pytest
 from optuna.trial import TrialState
 
 from edgetune.errors import TrialPruned
-from edgetune.search.registry import PRUNERS, AlgorithmContext, PrunerEntry, progress_metric
-from edgetune.search.schedulers import report_progress
+from edgetune.search.registry import (
+    MIN_TRIALS_FOR_RUNGS,
+    PRUNERS,
+    RUNG_CORRELATION,
+    AlgorithmContext,
+    PrunerEntry,
+    progress_metric,
+)
+from edgetune.search.schedulers import fidelity_estimate, report_progress
 from edgetune.search.space import suggest
 from edgetune.spaces import FloatParam, Param
 from edgetune.spec import JobSpec
@@ -44,7 +51,7 @@ def objective_counts(entry: PrunerEntry) -> list[int]:
 
 
 def job_spec(pruner: str, n_objectives: int, *, backend: str = "optuna", seed: int = 11,
-             ) -> JobSpec:
+             options: Mapping[str, Any] | None = None) -> JobSpec:
     """A job of the `function` trainer: sphere for one objective, ZDT1 for two."""
     return JobSpec.model_validate({
         "name": f"contract-{pruner}", "seed": seed,
@@ -52,17 +59,18 @@ def job_spec(pruner: str, n_objectives: int, *, backend: str = "optuna", seed: i
                     "epochs": EPOCHS},
         "space": {"name": None, "params": [p.model_dump() for p in SPACE]},
         "objectives": [{"name": f"f{k + 1}"} for k in range(n_objectives)],
-        "algorithm": {"backend": backend, "sampler": "random", "pruner": pruner},
+        "algorithm": {"backend": backend, "sampler": "random", "pruner": pruner,
+                      "options": dict(options or {})},
     })
 
 
 def run_job(pruner: str, n_objectives: int, *, fresh_pruner_per_trial: bool = False,
-            seed: int = 11) -> optuna.Study:
+            seed: int = 11, options: Mapping[str, Any] | None = None) -> optuna.Study:
     """`N_TRIALS` trials of the job, each trained in process and reported to the pruner the
     way a trial of the optuna backend reports (`report_progress`); with
     `fresh_pruner_per_trial`, each trial reports through a pruner built anew, as each trial's
-    own process does."""
-    spec = job_spec(pruner, n_objectives, seed=seed)
+    own process does; `options` go to the job's `algorithm.options`."""
+    spec = job_spec(pruner, n_objectives, seed=seed, options=options)
     build = PRUNERS[pruner].optuna
     assert build is not None
     ctx = AlgorithmContext(spec, SPACE)
@@ -131,6 +139,34 @@ class PrunerTestCase:
             again = run_job(pruner_name, n_objectives, fresh_pruner_per_trial=True)
             assert [t.state for t in again.trials] == [t.state for t in once.trials]
             assert [t.params for t in again.trials] == [t.params for t in once.trials]
+
+    def test_rungs_only_where_early_values_rank_as_final_ones(self, pruner_name: str) -> None:
+        """An entry with `rung_correlation` stops nothing until `min_trials_for_rungs` trials
+        are complete, and then only at an epoch before the last whose reported values, over
+        the trials complete by then, reach the correlation; at 0 its rungs are fixed again."""
+        entry = PRUNERS[pruner_name]
+        if "rung_correlation" not in entry.options:
+            pytest.skip(f"{pruner_name} has fixed rungs")
+        for n_objectives in objective_counts(entry):
+            study = run_job(pruner_name, n_objectives)
+            trials = study.trials
+            assert all(t.state == TrialState.COMPLETE for t in trials[:MIN_TRIALS_FOR_RUNGS])
+            for t in trials:
+                if t.state != TrialState.PRUNED:
+                    continue
+                epoch = t.user_attrs["pruned_at_epoch"]
+                estimate = fidelity_estimate(trials[: t.number], n_objectives)
+                assert estimate is not None
+                assert estimate.n_trials >= MIN_TRIALS_FOR_RUNGS
+                assert estimate.min_spearman(epoch) >= RUNG_CORRELATION, (t.number, estimate)
+                assert epoch < estimate.final_step
+            # Demanding a perfect order on these curves, whose early values carry a bias
+            # that fades, leaves no rung; 0 brings back rungs from the first epoch.
+            strict = run_job(pruner_name, n_objectives, options={"rung_correlation": 1.0})
+            assert all(t.state == TrialState.COMPLETE for t in strict.trials)
+            fixed = run_job(pruner_name, n_objectives, options={"rung_correlation": 0})
+            assert any(t.state == TrialState.PRUNED
+                       for t in fixed.trials[:MIN_TRIALS_FOR_RUNGS]), pruner_name
 
 
 class SchedulerTestCase:

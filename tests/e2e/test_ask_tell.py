@@ -80,7 +80,9 @@ def test_ask_is_idempotent_per_client_and_tell_ends_the_job(server: RunningServe
 def test_the_pruner_answers_reports(server: RunningServer) -> None:
     spec = job_spec("ask-tell-sha", n_trials=2, parallelism=2,
                     objectives=[{"name": "accuracy"}],
-                    algorithm={"sampler": "random", "pruner": "sha"})
+                    # Fixed rungs: the default waits for complete trials to place them.
+                    algorithm={"sampler": "random", "pruner": "sha",
+                               "options": {"rung_correlation": 0}})
     with Client(server.url) as client:
         job = client.submit(spec)
         good, bad = client.ask(job.id, client_id="good"), client.ask(job.id, client_id="bad")

@@ -47,6 +47,9 @@ SMOKE_JOBS = [
 ]
 #: Pruners that must stop some of 6 trials of these problems with the seed below.
 MUST_PRUNE = {"sha"}
+#: sha measures where to put rungs on the job's complete trials; three of the six measure it
+#: here (each trial in its own process, so the rungs come from the study).
+OPTIONS = {"sha": {"min_trials_for_rungs": 3}}
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +94,8 @@ def run_job(
                     "epochs": EPOCHS},
         "space": {"name": None, "params": SPACE},
         "objectives": [{"name": f"f{k + 1}"} for k in range(n_objectives)],
-        "algorithm": {"backend": backend, "sampler": sampler, "pruner": pruner},
+        "algorithm": {"backend": backend, "sampler": sampler, "pruner": pruner,
+                      "options": OPTIONS.get(pruner, {})},
         "budget": {"n_trials": N_TRIALS},
     }
     response = service["client"].post("/api/v1/jobs", json=spec)
