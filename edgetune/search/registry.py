@@ -217,14 +217,12 @@ def _rl(ctx: AlgorithmContext) -> optuna.samplers.BaseSampler:
     return RLSampler(reward=rl_reward(ctx), seed=ctx.seed)
 
 
-_RL_DEFAULT_REWARD = "pareto"
-
-
 def rl_reward(ctx: AlgorithmContext) -> Reward:
     """The RL controller's reward for a job: MnasNet's ACC*(LAT/T)^w when it has accuracy and
-    a latency target (a `latency_ms <=` constraint or `latency_target_ms`), else a scalarized
-    reward with random weights over its objectives. Constraints not in the reward make an
-    infeasible candidate earn the lowest reward of the history."""
+    a latency target (a `latency_ms <=` constraint or `latency_target_ms`), else the Pareto
+    reward (rank, and share of the hypervolume for front trials) over its objectives, or with
+    `reward: scalarized` a sum of its objectives under random weights. Constraints not in the
+    reward make an infeasible candidate earn the lowest reward of the history."""
     from edgetune.search.constraints import violations
     from edgetune.search.samplers import MnasNetReward, ParetoReward, ScalarizedReward
 
@@ -247,7 +245,7 @@ def rl_reward(ctx: AlgorithmContext) -> Reward:
             weight=float(_option(ctx, "latency_weight", -0.07)), hard=kind == "mnasnet-hard",
         )
         others = [c for c in others if c is not latency]
-    elif kind == "scalarized" or (kind is None and _RL_DEFAULT_REWARD == "scalarized"):
+    elif kind == "scalarized":
         reward = ScalarizedReward(directions=spec.directions, seed=ctx.seed)
     else:
         reward = ParetoReward(directions=spec.directions)
@@ -310,8 +308,9 @@ register_sampler(SamplerEntry(
     constraints=True, options=("population_size",),
 ))
 register_sampler(SamplerEntry(
-    "rl", "The RL controller: a policy over the space's choices trained with REINFORCE, "
-          "rewarded by MnasNet's ACC*(LAT/T)^w or a randomly weighted sum of the objectives.",
+    "rl", "The RL controller: a policy over the space's choices trained with PPO-style "
+          "clipped policy-gradient steps, rewarded by MnasNet's ACC*(LAT/T)^w, by Pareto rank "
+          "and hypervolume contribution, or by a randomly weighted sum of the objectives.",
     _rl, multi_objective=True, constraints=True,
     options=("reward", "latency_target_ms", "latency_weight"),
 ))
