@@ -1,4 +1,4 @@
-"""RLSampler (the REINFORCE controller) and its rewards."""
+"""RLSampler (the policy-gradient controller) and its rewards."""
 
 from __future__ import annotations
 
@@ -41,10 +41,11 @@ def maximize_reward() -> ScalarizedReward:
 
 
 def test_controller_learns_the_best_choices() -> None:
-    # Flake probability: run with sampler seeds 0-199, this test failed for 18 (9%), each time
-    # because one parameter of the four was still below 0.4 at trial 60 or had settled early on
-    # a wrong choice, which REINFORCE does not undo within 60 trials. The seed is fixed here, so
-    # the test itself is deterministic.
+    # Flake probability: run with sampler seeds 0-99, this test failed for 33 (the REINFORCE
+    # controller before the clipped updates: 9% of seeds 0-199), mostly because one parameter
+    # of the four was still below 0.4 at trial 60: the clip lets the policy move only about 20%
+    # past the policies that drew the trials, so it concentrates more slowly. The seed is fixed
+    # here, so the test itself is deterministic.
     sampler = RLSampler(reward=maximize_reward(), seed=1)
     study = optuna.create_study(direction="maximize", sampler=sampler)
     study.optimize(count_best, n_trials=20)
@@ -100,7 +101,9 @@ def test_conditional_params_are_sampled_and_learned_only_when_active() -> None:
         kernel = trial.suggest_categorical("kernel", [3, 5, 7])
         return 1.0 + (kernel == 7)
 
-    # Flake probability: 1 of 200 sampler seeds failed (0.5%); the seed is fixed here.
+    # Flake probability: 11 of sampler seeds 0-99 failed (the REINFORCE controller before the
+    # clipped updates: 1 of 200), the clip slowing how fast "conv" passes 0.5; the seed is
+    # fixed here.
     sampler = RLSampler(reward=maximize_reward(), seed=0)
     study = optuna.create_study(direction="maximize", sampler=sampler)
     study.optimize(objective, n_trials=40)
@@ -402,3 +405,21 @@ def test_pareto_reward_drives_a_multi_objective_study_towards_the_front() -> Non
     probabilities = sampler.probabilities(study)["op"]
     assert probabilities["slow"] < 0.2
     assert probabilities["tiny"] > probabilities["slow"]
+
+
+@pytest.mark.parametrize(("options", "kind"), [
+    ({}, ParetoReward),
+    ({"reward": "pareto"}, ParetoReward),
+    ({"reward": "scalarized"}, ScalarizedReward),
+])
+def test_a_job_without_a_latency_target_gets_the_pareto_reward_by_default(
+    options: dict[str, str], kind: type,
+) -> None:
+    from edgetune.search.registry import AlgorithmContext, rl_reward
+    from edgetune.testing.samplers import job_spec
+
+    spec = job_spec("rl", n_objectives=2, options=options)
+    reward = rl_reward(AlgorithmContext(spec, []))
+    assert type(reward) is kind
+    assert isinstance(reward, ParetoReward | ScalarizedReward)
+    assert reward.directions == ("minimize", "maximize")
