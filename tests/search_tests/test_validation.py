@@ -99,7 +99,7 @@ def test_multi_objective_early_stopping_passes_with_stand_ins_for_latency_and_si
                                                "high": 0.1}]}},
          "space.params", "lr is a float without `step`"),
         ({"algorithm": {"options": {"population_size": 4}}}, "algorithm.options.population_size",
-         "neither 'tpe' nor 'none' reads it; they read: n_startup_trials"),
+         "neither 'tpe' nor 'none' reads it; they read: multivariate, n_startup_trials"),
         ({"algorithm": {"sampler": "rl", "options": {"reward": "fast"}}},
          "algorithm.options.reward", "must be 'mnasnet'"),
         ({"algorithm": {"sampler": "rl", "options": {"latency_weight": 0.5}}},

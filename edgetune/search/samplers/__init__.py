@@ -11,13 +11,20 @@ from edgetune.search.samplers._grid import (
     grid_points,
     grid_size,
 )
-from edgetune.search.samplers._rl import MnasNetReward, Reward, RLSampler, ScalarizedReward
+from edgetune.search.samplers._rl import (
+    MnasNetReward,
+    ParetoReward,
+    Reward,
+    RLSampler,
+    ScalarizedReward,
+)
 from edgetune.search.samplers._trial_seeded import TrialSeededSampler, trial_seed
 
 __all__ = [
     "GRID_ID_KEY",
     "InfiniteGridError",
     "MnasNetReward",
+    "ParetoReward",
     "RLSampler",
     "Reward",
     "ScalarizedReward",
