@@ -16,6 +16,7 @@ from edgetune.spaces._params import (
     IntParam,
     Param,
     ParamValue,
+    finite_values,
 )
 
 MAX_PARAMS = 1_000
@@ -33,6 +34,7 @@ __all__ = [
     "IntParam",
     "Param",
     "ParamValue",
+    "finite_values",
     "resolve_space",
 ]
 

@@ -175,3 +175,18 @@ def _check_range(low: float, high: float, log: bool, step: float | None) -> None
             )
         if abs(n - round(n)) > 1e-9 * max(1.0, abs(n)):
             raise ValueError(f"`step` {step} does not divide the range [{low}, {high}]")
+
+
+def finite_values(p: Param) -> list[ParamValue] | None:
+    """Every value `p` can take, in order; None for a float without `step`, which has no
+    finite list."""
+    if isinstance(p, CategoricalParam):
+        return list(p.choices)
+    if isinstance(p, FixedParam):
+        return [p.value]
+    if isinstance(p, IntParam):
+        return list(range(p.low, p.high + 1, p.step or 1))
+    if p.step is None:
+        return None
+    n = round((p.high - p.low) / p.step)
+    return [round(p.low + i * p.step, 12) for i in range(n + 1)]

@@ -42,14 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from edgetune.spaces import (
-    CategoricalParam,
-    FixedParam,
-    FloatParam,
-    IntParam,
-    Param,
-    ParamValue,
-)
+from edgetune.spaces import FloatParam, Param, ParamValue, finite_values
 from edgetune.trainers.datasets import ImageData
 from edgetune.trainers.models import MOBILENET_PARAMS, build_mobilenet
 
@@ -393,16 +386,10 @@ class SupernetStore:
 
 def _values(param: Param) -> list[ParamValue]:
     """The values a parameter can take; a continuous float's are its two ends."""
-    if isinstance(param, CategoricalParam):
-        return list(param.choices)
-    if isinstance(param, FixedParam):
-        return [param.value]
-    if isinstance(param, IntParam):
-        return list(range(param.low, param.high + 1, param.step))
-    if param.step is None:
+    values = finite_values(param)
+    if values is None and isinstance(param, FloatParam):
         return [param.low, param.high]
-    n = math.floor((param.high - param.low) / param.step + 1e-9)
-    return [param.low + i * param.step for i in range(n + 1)]
+    return values or []
 
 
 def _space_json(space: Sequence[Param]) -> list[dict[str, Any]]:

@@ -17,14 +17,7 @@ import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial
 
-from edgetune.spaces import (
-    CategoricalParam,
-    FixedParam,
-    FloatParam,
-    IntParam,
-    Param,
-    ParamValue,
-)
+from edgetune.spaces import Param, ParamValue, finite_values
 from edgetune.storage import study_store
 
 GRID_ID_KEY = "grid:id"
@@ -38,23 +31,13 @@ class InfiniteGridError(ValueError):
 
 def grid_values(p: Param) -> list[ParamValue]:
     """The values a grid takes for `p`; raises `InfiniteGridError` for a float without step."""
-    if isinstance(p, CategoricalParam):
-        return list(p.choices)
-    if isinstance(p, FixedParam):
-        return [p.value]
-    if isinstance(p, IntParam):
-        if p.log and p.step not in (None, 1):  # pragma: no cover - refused by IntParam
-            raise InfiniteGridError(f"{p.name}: a log int takes no step")
-        return list(range(p.low, p.high + 1, p.step or 1))
-    if isinstance(p, FloatParam):
-        if p.step is None:
-            raise InfiniteGridError(
-                f"{p.name} is a float without `step`, so a grid cannot list its values; "
-                "give it a step or `choices`"
-            )
-        n = round((p.high - p.low) / p.step)
-        return [round(p.low + i * p.step, 12) for i in range(n + 1)]
-    raise TypeError(f"unknown parameter type {type(p).__name__}")  # pragma: no cover
+    values = finite_values(p)
+    if values is None:
+        raise InfiniteGridError(
+            f"{p.name} is a float without `step`, so a grid cannot list its values; "
+            "give it a step or `choices`"
+        )
+    return values
 
 
 def grid_points(params: Sequence[Param]) -> list[dict[str, ParamValue]]:
