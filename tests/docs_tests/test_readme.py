@@ -16,6 +16,7 @@ import typer.main
 import yaml
 from pydantic import ValidationError
 from servers import RunningServer, start_server, stop_server
+from specs import SMALL_SUPERNET
 
 from edgetune.cli import app
 from edgetune.client import Client
@@ -85,8 +86,10 @@ def run_one_shot_example(code: str, server: RunningServer) -> dict[str, object]:
         '"epochs": 10': '"epochs": 1',
         '"supernet_epochs": 20, "finalists": 4': '"supernet_epochs": 1, "finalists": 1',
         '"n_trials": 64': '"n_trials": 3',
+        '"params": [{"type": "fixed", "name": "resolution", "value": 8}]':
+            '"params": SMALL_SUPERNET',
     })
-    scope: dict[str, object] = {"SERVER": server.url}
+    scope: dict[str, object] = {"SERVER": server.url, "SMALL_SUPERNET": SMALL_SUPERNET}
     exec(compile(code, str(README), "exec"), scope)
     return scope
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from specs import SMALL_SUPERNET
 
 from edgetune.client import Client
 
@@ -66,3 +67,25 @@ def test_a_pbt_job_restarts_trials_from_checkpoints_with_new_learning_rates(serv
         assert changed
         for t in changed:
             assert 1e-3 <= t.user_attrs["ray_params"]["lr"] <= 3e-2
+
+
+def test_a_one_shot_job_on_ray_evaluates_then_trains_its_finalist(server) -> None:
+    spec = {
+        "name": "ray-one-shot", "seed": 5,
+        "trainer": {"name": "image-classifier", "dataset": "digits", "epochs": 1,
+                    "options": {"threads": 1}},
+        "space": {"name": "mobilenet", "params": SMALL_SUPERNET},
+        "objectives": [{"name": "accuracy"}, {"name": "flops"}],
+        "algorithm": {"backend": "ray", "sampler": "random",
+                      "one_shot": {"supernet_epochs": 1, "finalists": 1}},
+        "budget": {"n_trials": 3, "parallelism": 2},
+    }
+    with Client(server.url) as client:
+        job = client.wait(client.submit(spec).id, timeout=600, poll_interval=1.0)
+        assert job.status == "succeeded", f"{job.error}\n{server.log_tail()}"
+        trials = sorted(client.trials(job.id).data, key=lambda t: t.number)
+        # The searcher waits for both evaluations before it asks for the finalist.
+        assert [t.user_attrs["one_shot"] for t in trials] == ["eval", "eval", "finetune"]
+        assert all(t.state == "complete" for t in trials)
+        assert trials[2].params in [t.params for t in trials[:2]]
+        assert [t.number for t in client.pareto(job.id).data] == [2]

@@ -12,6 +12,7 @@ import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState
+from specs import SMALL_SUPERNET
 
 from edgetune.cli import free_port
 from edgetune.client import Client
@@ -248,8 +249,7 @@ def test_one_shot_jobs_evaluate_subnets_train_finalists_and_share_the_supernet(s
         "name": "e2e-one-shot", "seed": 3,
         "trainer": {"name": "image-classifier", "dataset": "digits", "epochs": 1,
                     "options": {"threads": 1}},
-        "space": {"name": "mobilenet",
-                  "params": [{"type": "fixed", "name": "resolution", "value": 8}]},
+        "space": {"name": "mobilenet", "params": SMALL_SUPERNET},
         "objectives": [{"name": "accuracy"}, {"name": "flops"}],
         "algorithm": {"sampler": "nsga2", "one_shot": {"supernet_epochs": 1, "finalists": 1}},
         "budget": {"n_trials": 4, "parallelism": 2},
