@@ -24,6 +24,7 @@ from optuna.distributions import (
 from optuna.trial import FrozenTrial, TrialState
 
 from edgetune.search.pareto import hypervolume_contributions, non_dominated_rank
+from edgetune.storage import study_store
 
 if TYPE_CHECKING:
     from optuna.study import Study
@@ -353,9 +354,8 @@ class RLSampler(optuna.samplers.BaseSampler):
             probabilities = _softmax(logits)
         rng = np.random.default_rng([self._seed, trial.number, zlib.crc32(param_name.encode())])
         index = int(rng.choice(len(choices), p=probabilities))
-        study._storage.set_trial_system_attr(
-            trial._trial_id, BEHAVIOUR_KEY + param_name, float(probabilities[index])
-        )
+        study_store.set_system_attr(study, study_store.trial_id(trial),
+                                    BEHAVIOUR_KEY + param_name, float(probabilities[index]))
         return choices[index]
 
     def reseed_rng(self) -> None:
