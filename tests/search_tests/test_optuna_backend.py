@@ -118,7 +118,17 @@ def test_stop_hands_the_job_back_with_no_trial_left_running(setup) -> None:
     job, spec = make_job(jobs, trainer={"epochs": 200}, algorithm={"sampler": "random"},
                          budget={"n_trials": 3})
     control = Control()
-    threading.Timer(4.0, control.stop.set).start()
+
+    def stop_once_a_trial_runs() -> None:
+        # Not after a fixed time: the worker's warm-up alone can take seconds on a busy machine.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not study_of(jobs, job).get_trials(
+                states=(TrialState.RUNNING,)):
+            time.sleep(0.2)
+        time.sleep(1.0)
+        control.stop.set()
+
+    threading.Thread(target=stop_once_a_trial_runs, daemon=True).start()
     outcome = backend.run(job, spec, control)
     assert outcome.status is None
     trials = study_of(jobs, job).get_trials()
