@@ -12,7 +12,7 @@ study, so any worker, or a restarted one, goes on where the last stopped:
    device, reuses it and trains nothing.
 2. **finalists**: once every evaluation has ended, the best evaluated subnets (the Pareto
    front, then the next ranks, crowding breaking ties) are trained as ordinary trials for
-   `trainer.epochs` epochs, from the supernet's weights or from scratch.
+   `finetune_epochs` (default `trainer.epochs`), from the supernet's weights or from scratch.
 
 Evaluations carry the user attribute `one_shot: eval` and stay out of the job's Pareto front
 (their accuracy is inherited, not trained); finalists carry `one_shot: finetune`.
@@ -29,7 +29,8 @@ from edgetune.errors import InvalidSpecError
 from edgetune.search.constraints import total_violation
 from edgetune.spaces import ParamValue, resolve_space
 from edgetune.spec import METRICS, JobSpec
-from edgetune.storage.study_store import INFRA_FAILURE_KEY, ONE_SHOT_ATTR
+from edgetune.storage import study_store
+from edgetune.storage.study_store import ONE_SHOT_ATTR
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
@@ -98,9 +99,10 @@ def plan_next(spec: JobSpec, n_trials: int, trials: Sequence[FrozenTrial]) -> Pl
     one = spec.algorithm.one_shot
     assert one is not None
     by_stage: dict[str, list[FrozenTrial]] = {s.value: [] for s in Stage}
-    for t in trials:
+    for t in trials:  # running ones, and ended ones that used budget, hold their stage's slot
         stage = t.user_attrs.get(ONE_SHOT_ATTR)
-        if stage in by_stage and _holds_its_slot(t):
+        if stage in by_stage and (t.state in (TrialState.RUNNING, TrialState.WAITING)
+                                  or study_store.uses_budget(t)):
             by_stage[stage].append(t)
     evaluations = by_stage[Stage.EVAL.value]
     if len(evaluations) < n_trials - one.finalists:
@@ -146,16 +148,6 @@ def finalists(
     return picks
 
 
-def _holds_its_slot(t: FrozenTrial) -> bool:
-    """Running, or ended in a way that uses the trial's budget (infrastructure failures free
-    it, and the stage's trial is asked again)."""
-    from optuna.trial import TrialState
-
-    if t.state == TrialState.FAIL:
-        return not t.user_attrs.get(INFRA_FAILURE_KEY, False)
-    return True
-
-
 # --- in the trial's process ------------------------------------------------------------------
 def supernet_config(spec: JobSpec) -> SupernetConfig:
     from edgetune.trainers.supernet import SupernetConfig
@@ -199,9 +191,7 @@ def evaluate_subnet(
     if not isinstance(trainer, ClassifierTrainer):
         raise TypeError(f"a one-shot job needs the {TRAINER!r} trainer")
     torch.set_num_threads(int(spec.trainer.options.get("threads") or 1))
-    seed = trainer.spec.seed or 0
-    data = trainer.load_data(
-        val_fraction=float(trainer.spec.options.get("val_fraction") or 0.2), seed=seed)
+    data = trainer.split()
     model = subnet(load_supernet(spec, data, layout), params, data).eval()
     return FitResult(
         model=model, example_input=torch.zeros((1, *data.x_train.shape[1:])),

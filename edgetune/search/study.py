@@ -384,7 +384,7 @@ class JobStudy:
 
         if timed_out is None:
             timed_out = self.job.timed_out()
-        trials = [t for t in self.study.get_trials(deepcopy=False) if _uses_budget(t)]
+        trials = [t for t in self.study.get_trials(deepcopy=False) if study_store.uses_budget(t)]
         if any(t.state == TrialState.COMPLETE for t in trials):
             return JobOutcome(JobStatus.SUCCEEDED)
         failed = [t for t in trials if t.state == TrialState.FAIL]
@@ -418,11 +418,3 @@ class JobStudy:
         # budget to spare when its evaluations found fewer distinct finalists.
         return self.spec.algorithm.one_shot is not None and self._one_shot_plan() is None
 
-
-def _uses_budget(t: optuna.trial.FrozenTrial) -> bool:
-    """Whether a finished trial uses up budget (infrastructure failures do not)."""
-    from optuna.trial import TrialState
-
-    if t.state == TrialState.FAIL:
-        return not t.user_attrs.get(INFRA_FAILURE_KEY, False)
-    return t.state in (TrialState.COMPLETE, TrialState.PRUNED)

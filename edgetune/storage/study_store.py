@@ -161,6 +161,15 @@ def set_user_attr(study: optuna.Study, trial: int, key: str, value: Any) -> None
         study._storage.set_trial_user_attr(trial, key, value)
 
 
+def uses_budget(t: FrozenTrial) -> bool:
+    """Whether a finished trial uses up its job's budget (infrastructure failures do not)."""
+    from optuna.trial import TrialState
+
+    if t.state == TrialState.FAIL:
+        return not t.user_attrs.get(INFRA_FAILURE_KEY, False)
+    return t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+
+
 def all_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Every trial of the study, read afresh from the storage."""
     with storage_errors("reading the study's trials"):

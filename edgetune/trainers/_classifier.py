@@ -56,7 +56,7 @@ class ClassifierTrainer(Trainer):
     mutable_params: ClassVar[frozenset[str]] = frozenset({"lr", "weight_decay"})
     #: The network a trial starts from in place of `build_model`'s freshly initialised one,
     #: when the framework sets it: a one-shot job's finalists start from the supernet's
-    #: weights (`edgetune.search.one_shot.warm_start`).
+    #: weights (`edgetune.search.one_shot.start_from_supernet`).
     warm_start: Callable[[Mapping[str, ParamValue], Any], torch.nn.Module] | None = None
 
     @classmethod
@@ -100,6 +100,11 @@ class ClassifierTrainer(Trainer):
                        "'teacher.onnx' (letters, digits, . _ -; no directories)"
             )
 
+    def split(self) -> Any:
+        """The data split as every trial of the job splits it (`val_fraction`, the seed)."""
+        return self.load_data(val_fraction=float(self.spec.options.get("val_fraction") or 0.2),
+                              seed=self.spec.seed or 0)
+
     @abc.abstractmethod
     def load_data(self, *, val_fraction: float, seed: int) -> Any:
         """The dataset: an object with x_train, y_train, x_val, y_val arrays and n_classes."""
@@ -118,8 +123,7 @@ class ClassifierTrainer(Trainer):
 
         seed = self.spec.seed or 0
         torch.manual_seed(seed)
-        data = self.load_data(val_fraction=float(self.spec.options.get("val_fraction") or 0.2),
-                              seed=seed)
+        data = self.split()
         knobs = Compression.from_params(params)
         model = self.build_model(params, data)
         if knobs.prune == "channel" and compression.channel_prunable(model):
@@ -141,7 +145,7 @@ class ClassifierTrainer(Trainer):
         torch.manual_seed(seed)
         torch.set_num_threads(int(options.get("threads") or 1))
         device = pick_device(str(options.get("device") or "auto"))
-        data = self.load_data(val_fraction=float(options.get("val_fraction") or 0.2), seed=seed)
+        data = self.split()
         knobs = Compression.from_params(params)
         model = (self.warm_start or self.build_model)(params, data).to(device)
         teacher = None
