@@ -16,23 +16,21 @@ from sqlalchemy import (
     Select,
     case,
     cast,
-    column,
     func,
-    literal_column,
     or_,
     select,
-    table,
     type_coerce,
     update,
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from edgetune.errors import ConflictError, NotFoundError, StorageError
 from edgetune.spec import JobSpec
 from edgetune.storage.db import Database
 from edgetune.storage.models import Base, Job, JobStatus, Runner
 from edgetune.storage.optuna_storage import create_job_study, delete_study
+from edgetune.storage.study_store import tenant_running_trials_query
 
 DEFAULT_TENANT = "default"
 
@@ -274,18 +272,7 @@ class JobRepository(Repository):
         # Tenants with the fewest trials running first, then queued jobs before running ones
         # (which have trials already), then the oldest: a small job of a quiet tenant starts
         # while a big one runs, rather than after it.
-        trials = table("trials", column("study_id"), column("state"))
-        studies = table("studies", column("study_id"), column("study_name"))
-        other = aliased(Job)
-        tenant_running = (
-            select(func.count())
-            .select_from(trials.join(studies, studies.c.study_id == trials.c.study_id)
-                         .join(other, other.study_name == studies.c.study_name))
-            # A literal, not a bound string: on PostgreSQL the column is Optuna's enum type.
-            .where(trials.c.state == literal_column("'RUNNING'"), other.tenant == Job.tenant,
-                   other.status == JobStatus.RUNNING.value)
-            .scalar_subquery()
-        )
+        tenant_running = tenant_running_trials_query(Job.tenant)
         started = case((Job.status == JobStatus.QUEUED.value, 0), else_=1)
         with self._session() as session:
             candidates = session.scalars(

@@ -20,7 +20,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import BindParameter, Engine, bindparam, text
+from sqlalchemy import (
+    BindParameter,
+    Engine,
+    ScalarSelect,
+    SQLColumnExpression,
+    bindparam,
+    column,
+    func,
+    literal,
+    literal_column,
+    select,
+    table,
+    text,
+)
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from edgetune.errors import StorageError
@@ -474,21 +487,32 @@ class _ParamBuffer:
 
 
 # --- reads -------------------------------------------------------------------------------------
-def tenant_running_trials(engine: Engine, tenant: str) -> int:
-    """Trials of `tenant` that workers run now, on any machine: RUNNING trials of its running
-    jobs, except ask/tell ones (their clients train, not our workers)."""
+def tenant_running_trials_query(tenant: SQLColumnExpression[str]) -> ScalarSelect[int]:
+    """Trials of `tenant` that workers run now, on any machine, as a scalar subquery: RUNNING
+    trials of its running jobs, except ask/tell ones (their clients train, not our workers).
+    `tenant` may be a column of an enclosing query over jobs (the query correlates to it)."""
+    from sqlalchemy.orm import aliased
+
     from edgetune.storage.models import Job, JobStatus, Runner
 
+    trials = table("trials", column("study_id"), column("state"))
+    studies = table("studies", column("study_id"), column("study_name"))
+    job = aliased(Job)
+    return (
+        select(func.count())
+        .select_from(trials.join(studies, studies.c.study_id == trials.c.study_id)
+                     .join(job, job.study_name == studies.c.study_name))
+        # A literal, not a bound string: on PostgreSQL the column is Optuna's enum type.
+        .where(trials.c.state == literal_column("'RUNNING'"), job.tenant == tenant,
+               job.status == JobStatus.RUNNING.value, job.runner != Runner.ASK_TELL.value)
+        .scalar_subquery()
+    )
+
+
+def tenant_running_trials(engine: Engine, tenant: str) -> int:
+    """The number `tenant_running_trials_query` counts, for one tenant."""
     with storage_errors("counting the tenant's running trials"), engine.connect() as conn:
-        return int(conn.execute(
-            text("SELECT COUNT(*) FROM trials t "
-                 "JOIN studies s ON s.study_id = t.study_id "
-                 f"JOIN {Job.__tablename__} j ON j.study_name = s.study_name "
-                 "WHERE t.state = 'RUNNING' AND j.tenant = :tenant "
-                 "AND j.status = :running AND j.runner != :ask_tell"),
-            {"tenant": tenant, "running": JobStatus.RUNNING.value,
-             "ask_tell": Runner.ASK_TELL.value},
-        ).scalar_one())
+        return int(conn.execute(select(tenant_running_trials_query(literal(tenant)))).scalar_one())
 
 
 def orphan_study_names(engine: Engine) -> list[str]:
