@@ -17,7 +17,9 @@ import logging
 import os
 import random
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +113,32 @@ def run_ray_trial(config: dict[str, Any], task: RayTrialTask) -> None:
         tune.report(final)
 
 
+def _in_lasting_thread(start: Callable[[], object]) -> None:
+    """Call `start` in a thread that lives as long as the process, and wait for it.
+
+    A local Ray's processes (its GCS and raylet) are started with PR_SET_PDEATHSIG, and Linux
+    sends that signal when the *thread* that started them ends, not the process: started from
+    a job's thread, the local Ray was killed as its first job ended, and the worker's next ray
+    job waited 60 s for the dead GCS before the worker died.
+    """
+    started = threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            start()
+        except BaseException as e:  # re-raised in the caller's thread below
+            failure.append(e)
+        finally:
+            started.set()
+        threading.Event().wait()  # until the process exits (a daemon thread)
+
+    threading.Thread(target=run, name="ray-processes", daemon=True).start()
+    started.wait()
+    if failure:
+        raise failure[0]
+
+
 class RayBackend:
     """Runs one job with Ray Tune; the study's sampler proposes, Ray's scheduler stops early."""
 
@@ -147,7 +175,7 @@ class RayBackend:
             ray.init(address=self.ray_address, **common)
         else:
             # A small object store: trials exchange only small results and checkpoints.
-            ray.init(object_store_memory=200 * 1024**2, **common)
+            _in_lasting_thread(lambda: ray.init(object_store_memory=200 * 1024**2, **common))
 
     def run(self, job: Job, spec: JobSpec, control: JobControl) -> JobOutcome:
         self.connect()
