@@ -23,6 +23,7 @@ from edgetune.storage.optuna_storage import (
     upgrade_optuna_tables,
 )
 from edgetune.storage.probes import MAX_ATTEMPTS, ProbeRepository, checked_result, probe_cache_key
+from edgetune.storage.study_store import index_trials_by_number
 from edgetune.storage.tokens import Principal, TokenRepository
 
 __all__ = [
@@ -65,4 +66,5 @@ def open_database(url: str, *, migrate: bool = True) -> Database:
             migrations.upgrade(db.engine)
             upgrade_optuna_tables(db.url)
             optuna_storage(db.url)
+            index_trials_by_number(db.engine)
     return db

@@ -487,6 +487,15 @@ class _ParamBuffer:
 
 
 # --- reads -------------------------------------------------------------------------------------
+def index_trials_by_number(engine: Engine) -> None:
+    """Index Optuna's `trials` by (study, number), which Optuna leaves to its study index alone:
+    a page of a study's trials by number then reads that page, not the whole study
+    (`trials_page`). Idempotent; the caller holds the migration lock."""
+    with storage_errors("indexing Optuna's trials"), engine.begin() as conn:
+        conn.execute(text("CREATE INDEX IF NOT EXISTS edgetune_ix_trials_study_number "
+                          "ON trials (study_id, number)"))
+
+
 def tenant_running_trials_query(tenant: SQLColumnExpression[str]) -> ScalarSelect[int]:
     """Trials of `tenant` that workers run now, on any machine, as a scalar subquery: RUNNING
     trials of its running jobs, except ask/tell ones (their clients train, not our workers).

@@ -130,9 +130,17 @@ def test_trials_are_paged_in_sql(database_url: str) -> None:
         study_store.trials_page(database_url, "no-such-study")
 
 
+def test_trials_are_indexed_by_study_and_number(database_url: str) -> None:
+    """A page of trials by number reads that page (`trials_page`), not the whole study."""
+    engine = optuna_storage(database_url).engine
+    indexes = {i["name"]: i["column_names"] for i in sa.inspect(engine).get_indexes("trials")}
+    assert indexes["edgetune_ix_trials_study_number"] == ["study_id", "number"]
+
+
 def test_optuna_private_names_are_used_in_study_store_only() -> None:
     pattern = re.compile(r"optuna[a-zA-Z_.]*\._[a-z]|\._storage|_trial_id|_study_id")
-    tables = re.compile(r"\b(FROM|JOIN|INTO|UPDATE)\s+(trials|studies|trial_\w+)\b", re.I)
+    tables = re.compile(r"\b(FROM|JOIN|INTO|UPDATE)\s+(trials|studies|trial_\w+)\b"
+                        r"|\btable\(\s*[\"'](trials|studies|trial_\w+)[\"']", re.I)
     owner = REPO / "edgetune" / "storage" / "study_store.py"
     offenders = []
     for path in (REPO / "edgetune").rglob("*.py"):
