@@ -486,7 +486,7 @@ class _ParamBuffer:
                 logger.debug("trial id %d already has %r", trial_id, name)
 
 
-# --- reads -------------------------------------------------------------------------------------
+# --- schema ------------------------------------------------------------------------------------
 def index_trials_by_number(engine: Engine) -> None:
     """Index Optuna's `trials` by (study, number), which Optuna leaves to its study index alone:
     a page of a study's trials by number then reads that page, not the whole study
@@ -496,6 +496,7 @@ def index_trials_by_number(engine: Engine) -> None:
                           "ON trials (study_id, number)"))
 
 
+# --- reads -------------------------------------------------------------------------------------
 def tenant_running_trials_query(tenant: SQLColumnExpression[str]) -> ScalarSelect[int]:
     """Trials of `tenant` that workers run now, on any machine, as a scalar subquery: RUNNING
     trials of its running jobs, except ask/tell ones (their clients train, not our workers).
