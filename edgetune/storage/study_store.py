@@ -3,8 +3,9 @@
 Everything edgetune does to a study beyond Optuna's public API goes through here: budget counts
 in SQL, a new trial with its first heartbeat, a trial's parameters and its result each in one
 transaction, failing the trials of dead workers, grid claims, an index of ours on Optuna's
-`trials`, and reads of trials and values with Optuna's own decoding. Database driver errors come out of every function once, as
-`StorageError`. Optuna is pinned to 5.1 (`optuna~=5.1`) because of what this module relies on.
+`trials`, and reads of trials and values with Optuna's own decoding. Database driver errors
+come out of every function once, as `StorageError`. Optuna is pinned to 5.1 (`optuna~=5.1`)
+because of what this module relies on.
 """
 
 from __future__ import annotations
