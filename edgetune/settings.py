@@ -165,7 +165,9 @@ class Settings(PoolSettings):
     )
     probe_lease_s: float = Field(
         default=60.0, gt=0, le=86_400,
-        description="How long an agent holds a probe before another agent may take it over.",
+        description="How long an agent holds a probe before another agent may take it over; "
+                    "an agent renews it with each heartbeat while it measures, so keep it "
+                    "several of the agents' heartbeats long.",
     )
     worker_trials: int | None = Field(
         default=None, ge=1, le=1024,

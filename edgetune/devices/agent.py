@@ -143,6 +143,8 @@ class Agent:
         self.agent_id = f"{socket.gethostname()[:60]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.device_id: str | None = None
         self.stopping = threading.Event()
+        #: (probe id, lease owner) of the probe being measured, whose lease the heartbeat renews.
+        self._holding: tuple[str, str] | None = None
         # True while the main thread waits on the server in a way only an exception ends.
         self._interruptible = False
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -244,6 +246,7 @@ class Agent:
         owner = str(probe.get("lease_owner") or self.agent_id)
         logger.info("agent %s: measuring probe %s (artifact %s)", self.agent_id, probe_id,
                     sha256[:12])
+        self._holding = (probe_id, owner)  # the heartbeat renews its lease meanwhile
         try:
             result = self._measure(probe)
         except MeasurementStopped:
@@ -255,6 +258,8 @@ class Agent:
             logger.warning("agent %s: probe %s failed: %s", self.agent_id, probe_id, reason)
             self._report(f"/probes/{probe_id}:fail", {"agent": owner, "reason": reason})
             return
+        finally:
+            self._holding = None
         self._report(f"/probes/{probe_id}:complete", {"agent": owner, "result": result})
         logger.info("agent %s: measured probe %s: p50 %.3f ms over %d runs", self.agent_id,
                     probe_id, result["p50_ms"], result["n"])
@@ -352,8 +357,22 @@ class Agent:
                 elif not response.is_success:
                     logger.warning("agent %s: heartbeat answered HTTP %d", self.agent_id,
                                    response.status_code)
+                self._renew_lease()
             except httpx.HTTPError as e:
                 logger.warning("agent %s: heartbeat failed: %s", self.agent_id, e)
+
+    def _renew_lease(self) -> None:
+        """Keep the lease of the probe being measured: a measurement may outlast one lease
+        (`probe_lease_s`), and another agent must not take over a probe still measured here;
+        a dead agent renews nothing, so its probe goes back to the queue one lease later."""
+        holding = self._holding
+        if holding is None:
+            return
+        probe_id, owner = holding
+        response = self._heartbeat_http.post(f"/probes/{probe_id}:renew", json={"agent": owner})
+        if not response.is_success and self._holding == holding:
+            logger.warning("agent %s: could not renew the lease of probe %s: HTTP %d",
+                           self.agent_id, probe_id, response.status_code)
 
     def _register_again(self) -> str | None:
         response = self._heartbeat_http.post("/devices", json=self._registration())

@@ -323,6 +323,30 @@ class ProbeRepository(Repository):
         return self._finish(probe_id, owner, tenant, ProbeStatus.FAILED,
                             error=bounded_reason(reason))
 
+    def renew(self, probe_id: str, owner: str, *, lease_s: float,
+              tenant: str | None = None) -> Probe:
+        """Extend the lease `owner` holds on a probe it still measures to `lease_s` seconds
+        from now, so that a measurement longer than one lease is not taken over by another
+        agent, while a dead agent's lease still runs out after `lease_s`. `ConflictError` as
+        `complete` for a probe `owner` does not hold."""
+        _check_owner(owner)
+        if not lease_s > 0:
+            raise ValueError(f"The value of `lease_s` is {lease_s}, but must be > 0.")
+        with self._session() as session:
+            probe = _probe(session, probe_id, tenant)
+            session.execute(
+                update(Probe).where(Probe.id == probe.id,
+                                    Probe.status == ProbeStatus.LEASED.value,
+                                    Probe.lease_owner == owner)
+                .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
+                .execution_options(synchronize_session=False)
+            )
+            probe = _probe(session, probe_id, tenant, fresh=True)
+            if probe.status != ProbeStatus.LEASED or probe.lease_owner != owner:
+                raise ConflictError(f"probe {probe_id!r} is not leased to this agent: only the "
+                                    "holder of its lease may renew it")
+            return probe
+
     # --- internals -------------------------------------------------------------------------
     def _finish(self, probe_id: str, owner: str, tenant: str | None, status: ProbeStatus,
                 **values: Any) -> Probe:

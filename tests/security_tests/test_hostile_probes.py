@@ -44,9 +44,10 @@ QUICK: dict[str, Any] = {"warmup": 1, "min_repeats": 3, "min_time_s": 0.0}
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     running = start_server(tmp_path_factory.mktemp("hostile"), workers=0, env={
-        # Longer than any attack here lasts: a probe fails by its agent's limits, never by its
-        # lease running out.
-        "EDGETUNE_PROBE_LEASE_S": "60",
+        # Shorter than the agents' measuring limit: an agent's lease lasts as long as it asks
+        # to hold a probe (its limits), so a probe fails by its agent's limits, and no other
+        # agent takes over a probe still being measured.
+        "EDGETUNE_PROBE_LEASE_S": "2",
         "EDGETUNE_PROBE_MAX_INPUT_ELEMENTS": str(1 << 20),
     })
     yield running
@@ -183,12 +184,20 @@ def test_a_torchscript_upload_is_refused_and_reads_no_file(
 
 
 def test_an_endless_loop_fails_its_probe_at_the_time_limit_and_the_agent_goes_on(
-    user: httpx.Client, agent: Agent
+    user: httpx.Client, agent: Agent, server: RunningServer, tmp_path: Path
 ) -> None:
-    response = upload(user, endless_loop())
-    assert response.status_code == 202, response.text
-    probe = response.json()
-    failed = finished(user, probe["id"], agent, timeout=MEASURE_TIMEOUT_S + 40)
+    # A second agent of the device, idle while the first measures past the server's lease: it
+    # must not take the probe over (and hang on it in turn).
+    second = Agent(server, tmp_path, "target")
+    try:
+        until("the second agent attached", lambda: "device 'target'" in second.log(),
+              on_timeout=second.log)
+        response = upload(user, endless_loop())
+        assert response.status_code == 202, response.text
+        probe = response.json()
+        failed = finished(user, probe["id"], agent, timeout=MEASURE_TIMEOUT_S + 40)
+    finally:
+        second.stop()
     assert failed["status"] == "failed" and failed["result"] is None
     assert f"time limit of {MEASURE_TIMEOUT_S:g} s" in failed["error"], failed
     assert failed["attempts"] == 1  # failed by its agent, never leased again

@@ -185,6 +185,26 @@ def test_an_expired_lease_goes_to_another_agent_and_counts_the_attempt(
     assert again.status == ProbeStatus.LEASED
 
 
+def test_only_the_holder_renews_its_lease_and_a_renewed_lease_is_not_taken_over(
+    probes: ProbeRepository, device: Device
+) -> None:
+    probe = request(probes, device)
+    leased = probes.lease(device.id, "measuring", lease_s=1)
+    assert leased is not None and leased.lease_expires_at is not None
+    renewed = probes.renew(probe.id, "measuring", lease_s=60)
+    assert renewed.lease_expires_at is not None
+    assert renewed.lease_expires_at > leased.lease_expires_at
+    assert probes.lease(device.id, "other", lease_s=60) is None
+    with pytest.raises(ConflictError, match="only the holder"):
+        probes.renew(probe.id, "other", lease_s=60)
+    # A dead agent renews nothing: its lease runs out and another agent takes the probe.
+    expire(probes, probe.id)
+    again = probes.lease(device.id, "other", lease_s=60)
+    assert again is not None and again.attempts == 2
+    with pytest.raises(ConflictError, match="only the holder"):
+        probes.renew(probe.id, "measuring", lease_s=60)
+
+
 def test_a_probe_whose_agents_keep_dying_fails_at_the_attempt_cap(
     probes: ProbeRepository, device: Device
 ) -> None:

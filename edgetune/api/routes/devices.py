@@ -113,20 +113,26 @@ def heartbeat(
 async def lease_probe(
     device_id: str,
     body: ProbeLease,
+    request: Request,
     db: DatabaseDep,
     settings: SettingsDep,
     caller: AgentDep,
     wait_s: Annotated[float, Query(ge=0, le=MAX_LEASE_WAIT_S,
                                    description="Wait this long for a probe.")] = 0,
 ) -> Any:
-    """Lease the device's oldest probe to `agent` for `probe_lease_s` seconds: 200 with it,
-    or 204 when none came within `wait_s`. Of agents racing for a probe, one gets it."""
+    """Lease the device's oldest probe to `agent` for `probe_lease_s` seconds (renewed by
+    `/probes/{id}:renew` while the agent measures): 200 with it, or 204 when none came within
+    `wait_s`. Of agents racing for a probe, one gets it."""
     devices = DeviceRepository(db)
     probes = ProbeRepository(db, expire_s=settings.probe_expire_s)
     # 404 for an unknown device (or another tenant's), at once
     await run_in_threadpool(functools.partial(devices.get, device_id, tenant=caller.tenant))
     deadline = time.monotonic() + wait_s
     while True:
+        if await request.is_disconnected():
+            # An agent gone mid-poll (killed, stopped) must not be handed a probe it would
+            # never measure: the probe would wait out the whole lease.
+            return Response(status_code=status.HTTP_204_NO_CONTENT)
         probe = await run_in_threadpool(
             probes.lease, device_id, body.agent, lease_s=settings.probe_lease_s
         )

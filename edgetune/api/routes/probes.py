@@ -22,6 +22,7 @@ from edgetune.schemas import (
     ProbeComplete,
     ProbeCreate,
     ProbeFail,
+    ProbeLease,
     ProbePublic,
     ProbesPublic,
 )
@@ -172,6 +173,21 @@ def fail_probe(probe_id: ProbeId, body: ProbeFail, db: DatabaseDep,
     printable, at most 500 characters). 409 as for `:complete`."""
     probe = ProbeRepository(db).fail(probe_id, body.agent, body.reason, tenant=caller.tenant)
     return ProbePublic.model_validate(probe, from_attributes=True)
+
+
+@router.post(
+    "/{probe_id}:renew", response_model=ProbePublic,
+    responses={**_ERRORS, 409: {"model": ErrorPublic}},
+)
+def renew_probe(probe_id: ProbeId, body: ProbeLease, db: DatabaseDep, settings: SettingsDep,
+                caller: AgentDep) -> ProbePublic:
+    """The agent holding the probe's lease still measures it: the lease runs `probe_lease_s`
+    from now. Agents renew while they measure, so that a long measurement is not taken over
+    while a dead agent's probe goes back to the queue one lease after its last renewal. 409
+    as for `:complete`."""
+    probe = ProbeRepository(db).renew(probe_id, body.agent, lease_s=settings.probe_lease_s,
+                                      tenant=caller.tenant)
+    return public(probe)
 
 
 def public(probe: Probe) -> ProbePublic:
