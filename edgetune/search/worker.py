@@ -92,7 +92,7 @@ class Worker:
         self._idle_lock = threading.Lock()
         self.backend = OptunaBackend(
             storage_url=self.db.url,
-            artifact_dir=str(settings.artifact_dir),
+            layout=settings.layout,
             latency=self.latency,
             poll_interval_s=min(0.5, settings.poll_interval_s),
             heartbeat_interval_s=min(settings.job_lease_s / 4, MAX_HEARTBEAT_S),
@@ -113,7 +113,7 @@ class Worker:
 
                 self._ray = RayBackend(
                     storage_url=self.db.url,
-                    artifact_dir=str(self.settings.artifact_dir),
+                    layout=self.settings.layout,
                     latency=self.latency,
                     ray_address=self.settings.ray_address,
                     heartbeat_interval_s=self.settings.job_lease_s / 4,
@@ -202,6 +202,13 @@ class Worker:
         try:
             spec = job.spec
             outcome = self.backend_for(spec).run(job, spec, _Control(self, job))
+        except StorageError as e:
+            # The database went away mid-job (a restart, a failover): the backend has stopped
+            # the job's trials, which run again; the job goes back to be claimed again once
+            # the database answers, rather than failing for a passing outage.
+            logger.warning("worker %s: job %s: the database failed (%s); handing the job back",
+                           self.name, job.id, e)
+            outcome = JobOutcome(None, str(e))
         except Exception as e:
             logger.exception("job %s failed in its worker", job.id)
             outcome = JobOutcome(JobStatus.FAILED, f"{type(e).__name__}: {e}")
