@@ -87,7 +87,9 @@ class AskTellStudies:
                         js.reaped_at = time.monotonic()
                     trial_id = js.study.new_trial()
                     if trial_id is None:
-                        raise ConflictError(js.study.budget().why_not())
+                        reason = js.study.why_no_trial()
+                        self._end_job_if_done(js, job)
+                        raise ConflictError(reason)
                     study_store.set_system_attr(js.study.study, trial_id, CLIENT_KEY, client_id)
             asked = js.study.sample(trial_id, note_fixed=not resumed)
         return AskedTrial(number=asked.number, params=asked.params, resumed=resumed)
@@ -154,10 +156,9 @@ class AskTellStudies:
         return trial_id
 
     def _end_job_if_done(self, js: _JobStudy, job: Job) -> None:
-        used = js.study.budget()
-        if used.running or used.may_ask():
+        if not js.study.is_done():
             return
-        outcome = js.study.outcome(timed_out=False)
+        outcome = js.study.outcome()
         assert outcome.status is not None
         self.jobs.finish(job.id, OWNER, outcome.status, outcome.error)
         with self._lock:

@@ -300,8 +300,9 @@ class JobStudy:
     def new_trial(self) -> int | None:
         """A new trial's id, with its first heartbeat, or None when the budget says no more
         (or a one-shot job waits for its evaluations to end). Call it under the job's lock,
-        which guards the slot; sample after it (`sample`)."""
-        if not self.budget().may_ask():
+        which guards the slot; sample after it (`sample`). None too once the job's time budget
+        has run out: no trial starts after it, on any backend or through ask/tell."""
+        if self.job.timed_out() or not self.budget().may_ask():
             return None
         planned = None
         if self.spec.algorithm.one_shot is not None:
@@ -378,12 +379,10 @@ class JobStudy:
         return study_store.finish_trial(self.study, trial_id, TrialState.FAIL, None, attrs)
 
     # --- the end -----------------------------------------------------------------------------
-    def outcome(self, *, timed_out: bool | None = None) -> JobOutcome:
+    def outcome(self) -> JobOutcome:
         """How the job ended, from its trials (the budget spent, or the time)."""
         from optuna.trial import TrialState
 
-        if timed_out is None:
-            timed_out = self.job.timed_out()
         trials = [t for t in self.study.get_trials(deepcopy=False) if study_store.uses_budget(t)]
         if any(t.state == TrialState.COMPLETE for t in trials):
             return JobOutcome(JobStatus.SUCCEEDED)
@@ -399,13 +398,20 @@ class JobStudy:
             )
         if trials:
             return JobOutcome(JobStatus.FAILED, f"all {len(trials)} trials were pruned")
-        if timed_out:
+        if self.job.timed_out():
             return JobOutcome(JobStatus.FAILED, "the time budget ran out before any trial ended")
         return JobOutcome(JobStatus.FAILED, "no trial ran")
 
     def finished_count(self) -> int:
         """Trials that used up budget so far."""
         return self.budget().counted
+
+    def why_no_trial(self) -> str:
+        """Why `new_trial` gave none, for a client that asked."""
+        if self.job.timed_out():
+            return (f"the job's time budget of {self.spec.budget.timeout_s:g} s "
+                    "(budget.timeout_s) has run out; it starts no more trials")
+        return self.budget().why_not()
 
     def is_done(self) -> bool:
         """True when no trial runs and none may be asked: the job has ended."""

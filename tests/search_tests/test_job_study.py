@@ -4,7 +4,9 @@ outcomes), and a resolved job that crosses to a trial's process as is."""
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -54,6 +56,20 @@ def test_ask_tell_and_the_budget(jobs: JobRepository) -> None:
     missed = study.tell(second.trial_id, TrialOutcome(OutcomeState.COMPLETE, metrics={}))
     assert missed == TrialState.FAIL
     assert "did not measure accuracy" in study.study.trials[1].user_attrs["error"]
+    assert study.is_done() and study.outcome().status == JobStatus.SUCCEEDED
+
+
+def test_no_trial_starts_once_the_time_budget_has_run_out(jobs: JobRepository) -> None:
+    """The deadline is the job's rule, so ask/tell keeps it too (it used to ask on)."""
+    study = _job_study(jobs, space=SPACE, budget={"n_trials": 5, "timeout_s": 60})
+    asked = study.ask()
+    assert asked is not None and study.job.started_at is not None
+    study.job = dataclasses.replace(study.job,
+                                    started_at=study.job.started_at - timedelta(hours=1))
+    assert study.ask() is None
+    assert "time budget of 60 s (budget.timeout_s) has run out" in study.why_no_trial()
+    assert not study.is_done()  # a trial still runs
+    study.tell(asked.trial_id, TrialOutcome(OutcomeState.COMPLETE, metrics={"accuracy": 0.5}))
     assert study.is_done() and study.outcome().status == JobStatus.SUCCEEDED
 
 

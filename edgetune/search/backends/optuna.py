@@ -152,9 +152,8 @@ class OptunaBackend:
                 self._stop_all(study, running, "the worker stopped")
                 return JobOutcome(None, None)
 
-            timed_out = job.timed_out()
             ask_failed = False
-            while not timed_out and len(running) < slots and (
+            while len(running) < slots and (
                 self.trial_slots is None
                 or self.trial_slots.may_start(job.job_id, job.tenant, len(running))
             ):
