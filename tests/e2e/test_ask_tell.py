@@ -126,6 +126,11 @@ def test_bad_ask_tell_requests_get_422_or_404_naming_the_problem(server: Running
                          content=b'{"step": 1, "values": {"f1": NaN, "f2": 1}}',
                          headers={"content-type": "application/json", **auth_headers()})
         assert nan.status_code == 422
+        unknown = httpx.post(f"{base}/trials/{t.number}:report",
+                             json={"step": 1, "values": {"f1": 0.5, "f9": 1.0}},
+                             headers=auth_headers())
+        assert unknown.status_code == 422 and "f9" in unknown.text, unknown.text
+        assert client.get_trial(job.id, t.number).intermediate_values == {}
         assert client.cancel(job.id).status == "cancelled"
         with pytest.raises(ConflictError, match="cancelled"):
             client.ask(job.id)
