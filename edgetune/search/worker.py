@@ -118,8 +118,18 @@ class Worker:
                     ray_address=self.settings.ray_address,
                     heartbeat_interval_s=self.settings.job_lease_s / 4,
                     probe_timeout_s=self.settings.probe_timeout_s,
+                    max_trials=self._ray_max_trials(),
                 )
             return self._ray
+
+    def _ray_max_trials(self) -> int:
+        """A ray job's trials at once: the tenant's bound, and on a local Ray (trials on this
+        machine) the worker's trial processes too. Ray Tune schedules its trials itself, so
+        this caps them up front rather than slot by slot."""
+        bounds = [self.settings.tenant_max_trials or self.settings.worker_max_trials]
+        if not self.settings.ray_address:
+            bounds.append(self.settings.worker_max_trials)
+        return min(bounds)
 
     def parent_gone(self) -> bool:
         # `serve` starts workers as children; when it dies, they must not run on unsupervised.

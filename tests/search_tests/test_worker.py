@@ -43,3 +43,18 @@ def test_a_database_outage_mid_job_hands_the_job_back_instead_of_failing_it(
         assert worker.jobs.get(job.id).status == JobStatus.RUNNING
     finally:
         worker.db.dispose()
+
+
+@pytest.mark.parametrize(("settings", "expected"), [
+    ({"worker_max_trials": 3}, 3),  # a local Ray runs its trials on this machine
+    ({"worker_max_trials": 3, "tenant_max_trials": 2}, 2),
+    ({"worker_max_trials": 3, "ray_address": "ray://head:10001"}, 64),  # the tenant's bound
+])
+def test_a_ray_jobs_trials_at_once_are_bounded_like_the_workers_processes(
+    fresh_data_dir: Path, settings: dict[str, Any], expected: int
+) -> None:
+    worker = Worker(Settings(data_dir=fresh_data_dir, **settings))
+    try:
+        assert worker._ray_max_trials() == expected
+    finally:
+        worker.db.dispose()

@@ -153,8 +153,13 @@ class RayBackend:
         heartbeat_interval_s: float = 5.0,
         reuse_actors: bool = True,
         probe_timeout_s: float = PROBE_TIMEOUT_S,
+        max_trials: int | None = None,
     ) -> None:
         self.storage_url = storage_url
+        #: The most trials of one job running at once, whatever its parallelism asks: the
+        #: worker's trial processes (on a local Ray, they run on this machine) or the tenant's
+        #: bound, whichever is lower; None: the job's parallelism.
+        self.max_trials = max_trials
         self.probe_timeout_s = probe_timeout_s
         if layout is None and artifact_dir is None:
             raise ValueError("give the data directory's `layout` (or its `artifact_dir`)")
@@ -223,7 +228,8 @@ class RayBackend:
             tune_config=tune.TuneConfig(
                 metric=metric, mode=mode, search_alg=search_alg, scheduler=scheduler,
                 num_samples=1 if search_alg is None else max(1, n_trials - finished),
-                max_concurrent_trials=spec.budget.parallelism,
+                max_concurrent_trials=min(spec.budget.parallelism,
+                                          self.max_trials or spec.budget.parallelism),
                 # Reusing a trial's actor for the next trial skips the process start and the
                 # imports (torch alone is a second): the bulk of Ray's per-trial cost.
                 reuse_actors=self.reuse_actors,
