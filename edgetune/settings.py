@@ -186,6 +186,12 @@ class Settings(PoolSettings):
                     "newly submitted job starts at once beside a big one (at most "
                     "worker_max_trials - 1 are kept).",
     )
+    max_dataset_bytes: int = Field(
+        default=2**31, ge=1 << 20, le=1 << 40,
+        description="The most memory one dataset may take (inputs as float32, labels as "
+                    "int64, both splits), generated or loaded: a spec asking for more is "
+                    "refused with 422, a file holding more fails its trial (default 2 GiB).",
+    )
     tenant_max_trials: int | None = Field(
         default=64, ge=1, le=100_000,
         description="The most trials of one tenant running at once, over every worker of the "

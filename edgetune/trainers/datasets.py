@@ -13,7 +13,8 @@ Nothing is downloaded: the file datasets are read from a data directory, laid ou
         (`npz`: the caller passes the server's data directory here, never one from a request)
 
 `synthetic` (a table) and `synthetic-image` are generated, seeded, at any size within
-`MAX_DATASET_BYTES`, which bounds the memory they take: they are generated in float32, in
+`max_dataset_bytes()` (EDGETUNE_MAX_DATASET_BYTES, 2 GiB by default), which bounds the memory
+they take: they are generated in float32, in
 place, in the order of their split (the two splits are views of one array), and their peak
 while loading stays within about 1.3 times their size. `check_dataset_options` checks the
 options that choose or size a dataset before a job is accepted; the loaders check again what
@@ -41,9 +42,22 @@ from edgetune.errors import InvalidSpecError, TrialFailed
 IMAGE_DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "synthetic-image", "npz")
 TABULAR_DATASETS = ("iris", "wine", "breast-cancer", "synthetic", "npz")
 
-#: The most bytes a generated dataset may take in memory (its inputs as float32 and labels as
-#: int64, both splits), or an npz dataset's inputs as float32.
+#: The default of `max_dataset_bytes()`.
 MAX_DATASET_BYTES = 2**31
+
+
+def max_dataset_bytes() -> int:
+    """The most bytes a generated dataset may take in memory (its inputs as float32 and labels
+    as int64, both splits), or an npz dataset's inputs as float32: the operator's
+    `EDGETUNE_MAX_DATASET_BYTES` (`Settings.max_dataset_bytes`), read where the dataset is
+    checked (the API at submission, the trial that loads it)."""
+    from edgetune.settings import Settings
+
+    return Settings().max_dataset_bytes
+
+
+def _bound(limit: int) -> str:
+    return f"{limit} ({limit / 2**30:g} GiB, EDGETUNE_MAX_DATASET_BYTES)"
 #: Rows of a dataset handled at once while it is generated or standardized: about 4 MiB of
 #: float32, so that no temporary comes near the size of the dataset.
 _CHUNK_BYTES = 2**22
@@ -200,11 +214,12 @@ def _check_synthetic(
                 f"is {cells}, but {n_classes} classes need at least {needed} features",
             )
     size = synthetic_bytes(n_samples, cells)
-    if size > MAX_DATASET_BYTES:
+    limit = max_dataset_bytes()
+    if size > limit:
         raise InvalidSpecError(
             field("n_samples"),
             f"n_samples x ({what} x 4 + 8) bytes (float32 inputs, int64 labels) is {size} "
-            f"bytes, but must be <= {MAX_DATASET_BYTES} (2 GiB)",
+            f"bytes, but must be <= {_bound(limit)}",
         )
     if val_fraction is not None:
         n_val = math.ceil(val_fraction * n_samples)
@@ -711,10 +726,10 @@ def _load_npz(
         # Uncompressed sizes from the archive's directory: refused before anything is read.
         archive = loaded.zip
         stored = 0 if archive is None else sum(archive.getinfo(f"{k}.npy").file_size for k in keys)
-        if stored > MAX_DATASET_BYTES:
-            raise TrialFailed(
-                f"{path} holds {stored} bytes of arrays, but at most {MAX_DATASET_BYTES} (2 GiB)"
-            )
+        limit = max_dataset_bytes()
+        if stored > limit:
+            raise TrialFailed(f"{path} holds {stored} bytes of arrays, but at most "
+                              f"{_bound(limit)}")
         try:
             arrays = {k: loaded[k] for k in keys}
         except (OSError, ValueError, EOFError, KeyError) as e:  # e.g. object arrays, bad zip
@@ -774,9 +789,10 @@ def _npz_inputs(path: Path, key: str, a: np.ndarray, *, images: bool) -> np.ndar
         raise TrialFailed(f"{path}: {key} has shape {a.shape}, but must be (n, n_features)")
     if len(a) == 0 or a.size == 0:
         raise TrialFailed(f"{path}: {key} is empty (shape {a.shape})")
-    if a.size * 4 > MAX_DATASET_BYTES:
+    limit = max_dataset_bytes()
+    if a.size * 4 > limit:
         raise TrialFailed(f"{path}: {key} takes {a.size * 4} bytes as float32, but at most "
-                          f"{MAX_DATASET_BYTES} (2 GiB)")
+                          f"{_bound(limit)}")
     if images and a.dtype == np.uint8:
         return a / np.float32(255)  # float32 already
     if images and a.dtype.kind != "f":

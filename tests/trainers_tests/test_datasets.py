@@ -596,6 +596,15 @@ def test_bad_dataset_options_name_the_field(dataset, options, field, text) -> No
     assert e.value.field == field
 
 
+def test_the_operator_sets_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    options = {"n_samples": 20_000, "n_features": 20}  # 20,000 x 88 bytes: 1.7 MiB
+    check_dataset_options("synthetic", options)
+    monkeypatch.setenv("EDGETUNE_MAX_DATASET_BYTES", str(1 << 20))
+    with pytest.raises(InvalidSpecError, match="EDGETUNE_MAX_DATASET_BYTES") as e:
+        check_dataset_options("synthetic", options)
+    assert e.value.field == "trainer.options.n_samples"
+
+
 def test_the_bound_is_two_gib_of_inputs_and_labels() -> None:
     assert MAX_DATASET_BYTES == 2**31
     per_sample = 4 * 64 * 64 + 8  # float32 pixels and an int64 label
