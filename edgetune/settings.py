@@ -99,9 +99,24 @@ class PoolSettings(BaseSettings):
     )
 
 
-class Settings(PoolSettings):
-    """Every knob of the server and its workers (`EDGETUNE_*`, as `PoolSettings`). Paths are
-    resolved when read."""
+class DatasetSettings(BaseSettings):
+    """The bound on a dataset's memory. It is checked where a dataset is checked, the API at
+    submission and the trial that loads it (`edgetune.trainers.datasets.max_dataset_bytes`),
+    which read it from the environment they share, as `PoolSettings`."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGETUNE_", extra="ignore")
+
+    max_dataset_bytes: int = Field(
+        default=2**31, ge=1 << 20, le=1 << 40,
+        description="The most memory one dataset may take (inputs as float32, labels as "
+                    "int64, both splits), generated or loaded: a spec asking for more is "
+                    "refused with 422, a file holding more fails its trial (default 2 GiB).",
+    )
+
+
+class Settings(PoolSettings, DatasetSettings):
+    """Every knob of the server and its workers (`EDGETUNE_*`, as `PoolSettings` and
+    `DatasetSettings`). Paths are resolved when read."""
 
     env: Literal["development", "production"] = "development"
     data_dir: Path = Field(default=Path("edgetune-data"), description="SQLite file, artifacts.")
@@ -185,12 +200,6 @@ class Settings(PoolSettings):
         description="Of those, slots a worker keeps for jobs that run no trial yet, so that a "
                     "newly submitted job starts at once beside a big one (at most "
                     "worker_max_trials - 1 are kept).",
-    )
-    max_dataset_bytes: int = Field(
-        default=2**31, ge=1 << 20, le=1 << 40,
-        description="The most memory one dataset may take (inputs as float32, labels as "
-                    "int64, both splits), generated or loaded: a spec asking for more is "
-                    "refused with 422, a file holding more fails its trial (default 2 GiB).",
     )
     tenant_max_trials: int | None = Field(
         default=64, ge=1, le=100_000,

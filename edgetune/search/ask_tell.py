@@ -88,7 +88,8 @@ class AskTellStudies:
                     trial_id = js.study.new_trial()
                     if trial_id is None:
                         reason = js.study.why_no_trial()
-                        self._end_job_if_done(js, job)
+                        if js.study.job.timed_out():  # else the last tell has ended it
+                            self._end_job_if_done(js, job)
                         raise ConflictError(reason)
                     study_store.set_system_attr(js.study.study, trial_id, CLIENT_KEY, client_id)
             asked = js.study.sample(trial_id, note_fixed=not resumed)

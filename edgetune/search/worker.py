@@ -122,14 +122,14 @@ class Worker:
                 )
             return self._ray
 
-    def _ray_max_trials(self) -> int:
+    def _ray_max_trials(self) -> int | None:
         """A ray job's trials at once: the tenant's bound, and on a local Ray (trials on this
-        machine) the worker's trial processes too. Ray Tune schedules its trials itself, so
-        this caps them up front rather than slot by slot."""
-        bounds = [self.settings.tenant_max_trials or self.settings.worker_max_trials]
-        if not self.settings.ray_address:
-            bounds.append(self.settings.worker_max_trials)
-        return min(bounds)
+        machine) the worker's trial processes too; None: no bound but the job's parallelism.
+        Ray Tune schedules its trials itself, so this caps them up front, per job, rather than
+        slot by slot."""
+        local = None if self.settings.ray_address else self.settings.worker_max_trials
+        bounds = [b for b in (self.settings.tenant_max_trials, local) if b is not None]
+        return min(bounds, default=None)
 
     def parent_gone(self) -> bool:
         # `serve` starts workers as children; when it dies, they must not run on unsupervised.

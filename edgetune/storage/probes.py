@@ -332,43 +332,40 @@ class ProbeRepository(Repository):
         _check_owner(owner)
         if not lease_s > 0:
             raise ValueError(f"The value of `lease_s` is {lease_s}, but must be > 0.")
-        with self._session() as session:
-            probe = _probe(session, probe_id, tenant)
-            session.execute(
-                update(Probe).where(Probe.id == probe.id,
-                                    Probe.status == ProbeStatus.LEASED.value,
-                                    Probe.lease_owner == owner)
-                .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
-                .execution_options(synchronize_session=False)
-            )
-            probe = _probe(session, probe_id, tenant, fresh=True)
-            if probe.status != ProbeStatus.LEASED or probe.lease_owner != owner:
-                raise ConflictError(f"probe {probe_id!r} is not leased to this agent: only the "
-                                    "holder of its lease may renew it")
-            return probe
+        probe = self._update_held(probe_id, owner, tenant,
+                                  lease_expires_at=utcnow() + timedelta(seconds=lease_s))
+        if probe.status != ProbeStatus.LEASED or probe.lease_owner != owner:
+            raise ConflictError(f"probe {probe_id!r} is not leased to this agent: only the "
+                                "holder of its lease may renew it")
+        return probe
 
     # --- internals -------------------------------------------------------------------------
     def _finish(self, probe_id: str, owner: str, tenant: str | None, status: ProbeStatus,
                 **values: Any) -> Probe:
+        probe = self._update_held(probe_id, owner, tenant, status=status.value,
+                                  lease_expires_at=None, finished_at=utcnow(), **values)
+        if probe.status == ProbeStatus.PENDING:
+            raise ConflictError(f"probe {probe_id!r} is not leased: lease it to measure it")
+        if probe.lease_owner != owner:
+            raise ConflictError(f"probe {probe_id!r} is not leased to this agent: only the "
+                                "holder of its lease may report on it")
+        return probe
+
+    def _update_held(self, probe_id: str, owner: str, tenant: str | None,
+                     **values: Any) -> Probe:
+        """Set `values` on the probe if `owner` holds its lease, and return it as it is now.
+        A compare-and-set on the holder: of a holder and anyone else racing, only the holder's
+        write lands."""
         with self._session() as session:
             probe = _probe(session, probe_id, tenant)  # found, and the tenant's, first
-            # Compare-and-set on the holder: of a holder and anyone else racing, only the
-            # holder's report lands.
             session.execute(
                 update(Probe).where(Probe.id == probe.id,
                                     Probe.status == ProbeStatus.LEASED.value,
                                     Probe.lease_owner == owner)
-                .values(status=status.value, lease_expires_at=None, finished_at=utcnow(),
-                        **values)
+                .values(**values)
                 .execution_options(synchronize_session=False)
             )
-            probe = _probe(session, probe_id, tenant, fresh=True)
-            if probe.status == ProbeStatus.PENDING:
-                raise ConflictError(f"probe {probe_id!r} is not leased: lease it to measure it")
-            if probe.lease_owner != owner:
-                raise ConflictError(f"probe {probe_id!r} is not leased to this agent: only the "
-                                    "holder of its lease may report on it")
-            return probe
+            return _probe(session, probe_id, tenant, fresh=True)
 
     def _expire(self, session: Session, scope: ColumnElement[bool]) -> int:
         """Fail the probes in `scope` requested more than `expire_s` ago and not measured: the

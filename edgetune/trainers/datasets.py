@@ -14,9 +14,9 @@ Nothing is downloaded: the file datasets are read from a data directory, laid ou
 
 `synthetic` (a table) and `synthetic-image` are generated, seeded, at any size within
 `max_dataset_bytes()` (EDGETUNE_MAX_DATASET_BYTES, 2 GiB by default), which bounds the memory
-they take: they are generated in float32, in
-place, in the order of their split (the two splits are views of one array), and their peak
-while loading stays within about 1.3 times their size. `check_dataset_options` checks the
+they take: they are generated in float32, in place, in the order of their split (the two
+splits are views of one array), and their peak while loading stays within about 1.3 times
+their size. `check_dataset_options` checks the
 options that choose or size a dataset before a job is accepted; the loaders check again what
 protects memory and the file system.
 """
@@ -42,22 +42,20 @@ from edgetune.errors import InvalidSpecError, TrialFailed
 IMAGE_DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "synthetic-image", "npz")
 TABULAR_DATASETS = ("iris", "wine", "breast-cancer", "synthetic", "npz")
 
-#: The default of `max_dataset_bytes()`.
-MAX_DATASET_BYTES = 2**31
-
 
 def max_dataset_bytes() -> int:
     """The most bytes a generated dataset may take in memory (its inputs as float32 and labels
     as int64, both splits), or an npz dataset's inputs as float32: the operator's
-    `EDGETUNE_MAX_DATASET_BYTES` (`Settings.max_dataset_bytes`), read where the dataset is
-    checked (the API at submission, the trial that loads it)."""
-    from edgetune.settings import Settings
+    `EDGETUNE_MAX_DATASET_BYTES` (`DatasetSettings`, 2 GiB by default)."""
+    from edgetune.settings import DatasetSettings
 
-    return Settings().max_dataset_bytes
+    return DatasetSettings().max_dataset_bytes
 
 
 def _bound(limit: int) -> str:
     return f"{limit} ({limit / 2**30:g} GiB, EDGETUNE_MAX_DATASET_BYTES)"
+
+
 #: Rows of a dataset handled at once while it is generated or standardized: about 4 MiB of
 #: float32, so that no temporary comes near the size of the dataset.
 _CHUNK_BYTES = 2**22

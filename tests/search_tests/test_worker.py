@@ -49,9 +49,11 @@ def test_a_database_outage_mid_job_hands_the_job_back_instead_of_failing_it(
     ({"worker_max_trials": 3}, 3),  # a local Ray runs its trials on this machine
     ({"worker_max_trials": 3, "tenant_max_trials": 2}, 2),
     ({"worker_max_trials": 3, "ray_address": "ray://head:10001"}, 64),  # the tenant's bound
+    ({"worker_max_trials": 3, "ray_address": "ray://head:10001", "tenant_max_trials": None},
+     None),  # a cluster's trials, no tenant bound: the job's parallelism
 ])
 def test_a_ray_jobs_trials_at_once_are_bounded_like_the_workers_processes(
-    fresh_data_dir: Path, settings: dict[str, Any], expected: int
+    fresh_data_dir: Path, settings: dict[str, Any], expected: int | None
 ) -> None:
     worker = Worker(Settings(data_dir=fresh_data_dir, **settings))
     try:

@@ -44,9 +44,9 @@ QUICK: dict[str, Any] = {"warmup": 1, "min_repeats": 3, "min_time_s": 0.0}
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     running = start_server(tmp_path_factory.mktemp("hostile"), workers=0, env={
-        # Shorter than the agents' measuring limit: an agent's lease lasts as long as it asks
-        # to hold a probe (its limits), so a probe fails by its agent's limits, and no other
-        # agent takes over a probe still being measured.
+        # Shorter than the agents' measuring limit: the holder renews its lease with each
+        # heartbeat (0.3 s), so a probe fails by its agent's limits, and no other agent takes
+        # over a probe still being measured.
         "EDGETUNE_PROBE_LEASE_S": "2",
         "EDGETUNE_PROBE_MAX_INPUT_ELEMENTS": str(1 << 20),
     })

@@ -15,11 +15,11 @@ import pytest
 from edgetune.errors import InvalidSpecError, TrialFailed
 from edgetune.trainers.datasets import (
     IMAGE_DATASETS,
-    MAX_DATASET_BYTES,
     TABULAR_DATASETS,
     check_dataset_options,
     load_image_dataset,
     load_tabular_dataset,
+    max_dataset_bytes,
     synthetic_bytes,
 )
 
@@ -606,7 +606,7 @@ def test_the_operator_sets_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_the_bound_is_two_gib_of_inputs_and_labels() -> None:
-    assert MAX_DATASET_BYTES == 2**31
+    assert max_dataset_bytes() == 2**31
     per_sample = 4 * 64 * 64 + 8  # float32 pixels and an int64 label
     check_dataset_options("synthetic-image",
                           {"n_samples": 2**31 // per_sample, "image_shape": [1, 64, 64]})
