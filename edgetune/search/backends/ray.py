@@ -16,9 +16,11 @@ import contextlib
 import logging
 import os
 import random
+import shutil
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,6 +223,14 @@ class RayBackend:
             }
         resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
         _warn_if_no_node_fits(resources)
+        # A directory of this run's own, removed when it ends: a run that lost the job's lease
+        # may still be winding down in its directory when the next run starts.
+        run_name = f"{job.study_name}-{uuid.uuid4().hex[:8]}"
+        # PBT clones the checkpoint a top trial had when PBT ranked it, which may be many
+        # epochs old by the time the clone starts: Ray would have deleted it under any
+        # `num_to_keep` (and fail the clone: ray-project/ray#9036), so a PBT run keeps every
+        # checkpoint until it ends. HyperBand resumes a trial from its own latest one.
+        keep = None if pruner.mutates else 4
         trainable = tune.with_resources(tune.with_parameters(run_ray_trial, task=task), resources)
         tuner = tune.Tuner(
             trainable,
@@ -235,11 +245,10 @@ class RayBackend:
                 reuse_actors=self.reuse_actors,
             ),
             run_config=tune.RunConfig(
-                name=job.study_name, storage_path=str(self.layout.ray),
+                name=run_name, storage_path=str(self.layout.ray),
                 stop=stopper, verbose=0, log_to_file=False, callbacks=[StudyCallback(trials)],
                 failure_config=tune.FailureConfig(max_failures=0),
-                # PBT clones the checkpoints of top trials, which must outlive a few epochs.
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=4),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=keep),
             ),
         )
         if finished < n_trials:
@@ -247,6 +256,9 @@ class RayBackend:
                 tuner.fit()
             finally:
                 trials.fail_unfinished(stopper.reason or "the Ray run ended before the trial")
+                # Nothing resumes from a run's directory (the study holds every trial; a new
+                # run starts a new one), so its checkpoints go with it.
+                shutil.rmtree(self.layout.ray / run_name, ignore_errors=True)
         if stopper.reason == "cancelled":
             return JobOutcome(JobStatus.CANCELLED, "cancelled by request")
         if stopper.reason == "lease lost":
